@@ -1,0 +1,1 @@
+"""Data layer: raw files -> validated tables -> leave-last-out split -> text -> tokens."""

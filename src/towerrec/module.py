@@ -1,0 +1,188 @@
+"""RetrievalModule: the two towers trained with in-batch sampled softmax, evaluated by full ranking.
+
+Validation and test encode the whole catalog with the product tower, encode each user's history with the
+user tower, and hand both to the foundation harness (`towerrec.evaluation.evaluate`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from towerrec import evaluation, loss as losses
+from towerrec.data.splits import Examples
+from towerrec.towers import TwoTower
+
+
+class RetrievalModule(L.LightningModule):
+    def __init__(
+        self,
+        model: TwoTower,
+        optimizer: Callable,  # partial: params -> torch.optim.Optimizer
+        scheduler: Callable | None = None,  # partial: (optimizer, num_training_steps) -> LR scheduler
+        temperature: float = 0.05,
+        learn_temperature: bool = False,
+        log_q_correction: bool = True,
+        mask_accidental_hits: bool = True,
+        memory_size: int = 0,  # cross-batch memory of recent item embeddings (extra negatives)
+        cache_chunk_size: int | None = None,  # GradCache: embed this many rows at a time
+        item_counts: np.ndarray | None = None,
+        ks: Sequence[int] = (5, 10, 20, 50),
+        exclude_history: bool = True,
+        encode_batch_size: int = 256,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "item_counts"])
+        self.model = model
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
+        counts = np.zeros(1) if item_counts is None else np.asarray(item_counts)
+        self.register_buffer("log_q", losses.log_q_from_counts(torch.as_tensor(counts, dtype=torch.float32)), persistent=False)
+        self.item_counts = counts
+        self.memory = losses.CrossBatchMemory(memory_size) if memory_size else None
+        self.automatic_optimization = cache_chunk_size is None
+        self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._item_emb: torch.Tensor | None = None
+        self.eval_metrics: dict[str, dict[str, float]] = {}
+
+    # ---- training -----------------------------------------------------------------------------------
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp().clamp(0.005, 1.0)
+
+    def on_train_epoch_start(self) -> None:
+        # dropout draws depend only on (seed, epoch): an epoch replayed after a crash is bit-identical
+        torch.manual_seed(self.hparams.seed * 100_003 + self.current_epoch)
+
+    def _loss(self, q: torch.Tensor, items: torch.Tensor, ids: torch.Tensor, num_pos: int) -> torch.Tensor:
+        """q (B, D) users; items (B + U, D): positives then uniform negatives; ids (B + U,)."""
+        h = self.hparams
+        log_q = None
+        if h.log_q_correction and len(self.log_q) > 1:
+            log_q = self.log_q[ids].clone()  # (M,)
+            log_q[num_pos:] = -math.log(len(self.log_q))  # uniform negatives: q = 1/N
+        labels = None
+        if self.trainer is not None and self.trainer.world_size > 1:  # items of every rank, with gradients
+            per_rank = len(items)  # B positives + U negatives on every rank
+            items = losses.gather_with_grad(items)  # (world * M, D)
+            ids = losses.gather_with_grad(ids)
+            log_q = losses.gather_with_grad(log_q) if log_q is not None else None
+            labels = torch.arange(len(q), device=q.device) + self.global_rank * per_rank
+        if self.memory is not None and len(self.memory):
+            mem_emb, mem_ids = self.memory.get()
+            items = torch.cat([items, mem_emb.to(items)])
+            ids = torch.cat([ids, mem_ids.to(ids)])
+            if log_q is not None:
+                log_q = torch.cat([log_q, self.log_q[mem_ids.to(ids.device)]])
+        return losses.in_batch_softmax_loss(q, items, ids, self.temperature, log_q, labels, h.mask_accidental_hits)
+
+    def training_step(self, batch: dict, batch_idx: int):
+        ids, num_pos = batch["item"]["item_idx"], batch["num_positives"]
+        if self.automatic_optimization:
+            q = self.model.embed_users(batch["user"])  # (B, D)
+            items = self.model.embed_items(batch["item"])  # (M, D)
+            loss = self._loss(q, items, ids, num_pos)
+        else:
+            opt = self.optimizers()
+            opt.zero_grad()
+            size = self.hparams.cache_chunk_size
+            loss = losses.cached_loss_backward(
+                self.model.embed_users, self.model.embed_items,
+                losses.split_into_chunks(batch["user"], size), losses.split_into_chunks(batch["item"], size),
+                lambda q, items: self._loss(q, items, ids, num_pos),
+            )
+            opt.step()
+            sched = self.lr_schedulers()
+            if sched is not None:
+                sched.step()
+            items = None
+        if self.memory is not None:
+            emb = items if items is not None else None
+            if emb is None:
+                with torch.no_grad():
+                    emb = self.model.embed_items(batch["item"])
+            self.memory.enqueue(emb[:num_pos].detach(), ids[:num_pos])
+        self.log("train/loss", loss, prog_bar=True, batch_size=num_pos)
+        self.log("train/temperature", self.temperature.detach(), batch_size=num_pos)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, num_training_steps=max(steps, 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- evaluation ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_catalog(self, loader, num_items: int, progress: bool = False) -> torch.Tensor:
+        """(N, D) product-tower embeddings of the whole catalog, encoded in chunks."""
+        from tqdm.auto import tqdm
+
+        out = torch.empty(num_items, self.model.dim, device=self.device)
+        for batch in tqdm(loader, desc="encode catalog", disable=not progress, leave=False):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out[batch["item_idx"]] = self.model.embed_items(batch)
+        return out
+
+    def _eval_start(self) -> None:
+        dm = self.trainer.datamodule
+        self._item_emb = self.encode_catalog(dm.catalog_loader(), len(dm.item_tokens))
+        self._eval_outputs = []
+
+    def _eval_step(self, batch: dict) -> None:
+        q = self.model.embed_users(batch)  # (B, D)
+        self._eval_outputs.append((batch["example_idx"], q))
+
+    def _eval_end(self, stage: str) -> dict[str, float]:
+        dm = self.trainer.datamodule
+        examples = dm.eval_examples[stage]
+        idx = torch.cat([i for i, _ in self._eval_outputs])
+        user_emb = torch.empty(len(examples), self.model.dim, device=self.device)
+        user_emb[idx] = torch.cat([q for _, q in self._eval_outputs])
+        positions = Examples(np.arange(len(examples)), examples.histories, examples.targets)
+        item_emb = self._item_emb
+
+        def scorer(histories, users):
+            return (user_emb[torch.as_tensor(users, device=self.device)] @ item_emb.T).float().cpu()  # (B, N)
+
+        metrics = evaluation.evaluate(
+            scorer, positions, item_emb.shape[0], item_counts=self.item_counts,
+            item_categories=dm.split.catalog.top_category(), ks=self.hparams.ks,
+            exclude_history=self.hparams.exclude_history,
+        )
+        self._eval_outputs, self._item_emb = [], None
+        self.eval_metrics[stage] = metrics
+        return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._eval_outputs = []
+            return
+        metrics = self._eval_end("valid")
+        keep = {k: v for k, v in metrics.items() if k.split("@")[0] in ("recall", "ndcg", "mrr")}
+        self.log_dict(evaluation.prefix(keep, "val"))
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self._eval_end("test")
+        self.log_dict(evaluation.prefix(metrics, "test"))

@@ -1,0 +1,120 @@
+"""Shared fixtures: a tiny hand-built dataset and a tiny random-init BERT encoder.
+
+The dataset (item index in brackets):
+    [0] sku-a  Trail running shoe     Stridex     Sports > Running > Shoes   $89.50   color blue, material mesh
+    [1] sku-b  Running socks          Stridex     Sports > Running           $12.00   (no attributes)
+    [2] sku-c  Espresso machine       Brewmaster  Home > Kitchen > Coffee    $249.99  color silver
+    [3] sku-d  Coffee grinder         (no brand)  Home > Kitchen > Coffee    (no price) color black
+    [4] sku-e  Paperback novel        Inkwell     Books                      $9.99    (no attributes)
+    [5] sku-f  Reading lamp           Lumo        Home > Lighting            $34.00   color white
+    [6] sku-g  Yoga mat               Stridex     Sports > Fitness           $25.00   color green, material rubber
+    [7] sku-h  Water bottle           (none)      (none)                     (none)   (none)
+
+Events (timestamps), time-ordered sequences and their leave-last-out parts:
+    u_ann: a@100 b@200 c@300 d@400              -> [0, 1, 2, 3]     train [0, 1]     valid 2  test 3
+    u_bob: e@50 f@60 g@60 a@70 (f, g tie)       -> [4, 6, 5, 0]     train [4, 6]     valid 5  test 0
+           the tie-break hash puts sku-g before sku-f although id order would not
+    u_cat: a@10 b@20                            -> dropped (fewer than 3 events)
+    u_dan: g@1 a@2 g@3 b@4 h@5 (g repeats)      -> [6, 0, 6, 1, 7]  train [6, 0, 6]  valid 1  test 7
+The event rows are deliberately not in time order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from towerrec.data.schema import Catalog, Dataset, Interactions
+from towerrec.encoders import load_encoder
+
+NAN = math.nan
+
+CATALOG_ROWS = [
+    # item_id, title, brand, category, description, price, color, material
+    ("sku-a", "Trail running shoe", "Stridex", "Sports > Running > Shoes", "Light trail shoe", 89.5, "blue", "mesh"),
+    ("sku-b", "Running socks", "Stridex", "Sports > Running", "", 12.0, None, None),
+    ("sku-c", "Espresso machine", "Brewmaster", "Home > Kitchen > Coffee", "15 bar pump", 249.99, "silver", None),
+    ("sku-d", "Coffee grinder", "", "Home > Kitchen > Coffee", "", NAN, "black", None),
+    ("sku-e", "Paperback novel", "Inkwell", "Books", "", 9.99, None, None),
+    ("sku-f", "Reading lamp", "Lumo", "Home > Lighting", "", 34.0, "white", None),
+    ("sku-g", "Yoga mat", "Stridex", "Sports > Fitness", "", 25.0, "green", "rubber"),
+    ("sku-h", "Water bottle", "", "", "", NAN, None, None),
+]
+
+EVENT_ROWS = [
+    ("u_dan", "sku-b", 4),
+    ("u_ann", "sku-c", 300),
+    ("u_bob", "sku-g", 60),
+    ("u_ann", "sku-a", 100),
+    ("u_cat", "sku-b", 20),
+    ("u_dan", "sku-g", 1),
+    ("u_bob", "sku-a", 70),
+    ("u_ann", "sku-d", 400),
+    ("u_dan", "sku-h", 5),
+    ("u_bob", "sku-e", 50),
+    ("u_dan", "sku-a", 2),
+    ("u_cat", "sku-a", 10),
+    ("u_ann", "sku-b", 200),
+    ("u_bob", "sku-f", 60),
+    ("u_dan", "sku-g", 3),
+]
+
+# The expected time-ordered sequences of the users kept (sorted by user id), as item indices.
+EXPECTED_SEQUENCES = {
+    "u_ann": [0, 1, 2, 3],
+    "u_bob": [4, 6, 5, 0],
+    "u_dan": [6, 0, 6, 1, 7],
+}
+
+TINY_BERT = {
+    "vocab_size": 300,
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "max_position_embeddings": 64,
+}
+
+
+def make_catalog(rows=CATALOG_ROWS) -> Catalog:
+    columns = ["item_id", "title", "brand", "category", "description", "price", "color", "material"]
+    return Catalog(pd.DataFrame(rows, columns=columns))
+
+
+def make_events(rows) -> Interactions:
+    return Interactions(pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]))
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return make_catalog()
+
+
+@pytest.fixture
+def dataset(catalog) -> Dataset:
+    return Dataset("tiny", catalog, make_events(EVENT_ROWS))
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    """Texts to train the tiny encoder's tokenizer on."""
+    return [
+        "trail running shoe | brand: stridex | category: sports > running > shoes",
+        "running socks | brand: stridex",
+        "espresso machine | brand: brewmaster | category: home > kitchen > coffee",
+        "coffee grinder | category: home > kitchen > coffee | color: black",
+        "paperback novel | brand: inkwell | category: books",
+        "reading lamp | brand: lumo | category: home > lighting",
+        "yoga mat | brand: stridex | category: sports > fitness | color: green",
+        "water bottle",
+    ]
+
+
+@pytest.fixture
+def tiny_encoder(corpus):
+    """(encoder, tokenizer): a 2-layer, 16-dim random BERT with a tokenizer trained on `corpus`; seeded."""
+    torch.manual_seed(0)
+    return load_encoder({"random_init": dict(TINY_BERT)}, corpus=corpus)
