@@ -1,15 +1,59 @@
-"""Train and evaluate a recommender: `python train.py [overrides]` (see conf/train.yaml and README)."""
+"""Train and evaluate a recommender: `python train.py [overrides]` (see conf/train.yaml and README).
+
+In a multirun (`-m`, e.g. a sweep or `hparams_search=optuna`) a job that raises does not end the sweep:
+its traceback goes to the job's log and to `error.log` in its directory, and it returns None, which the
+Optuna sweeper records as a failed trial before going on. (Not NaN: hydra-optuna-sweeper 1.3 re-tells a NaN
+value with the FAIL state, which Optuna rejects, and the whole study dies.) A NaN objective is likewise
+turned into a failed trial. A single run that raises exits non-zero with the error, as usual.
+"""
+
+import logging
+import math
+import sys
+import traceback
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from towerrec.pipeline import metric_value, train
 
+log = logging.getLogger("train")
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _finish_wandb(failed: bool) -> None:
+    """Close an open wandb run: the next job of a sweep must start its own, not log into this one."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = train(cfg)
-    return metric_value(metrics, cfg.get("optimized_metric"))
+    failed = True
+    try:
+        metrics, _ = train(cfg)
+        value = metric_value(metrics, cfg.get("optimized_metric"))
+        failed = False
+    except Exception:
+        if not _in_multirun():
+            raise
+        job = HydraConfig.get()
+        log.exception("job %s failed; the sweep goes on without it", job.job.num)
+        (Path(job.runtime.output_dir) / "error.log").write_text(traceback.format_exc())
+        return None
+    finally:
+        _finish_wandb(failed)
+    if value is not None and math.isnan(value) and _in_multirun():
+        log.warning("%s is NaN: reported as a failed trial", cfg.optimized_metric)
+        return None
+    return value
 
 
 if __name__ == "__main__":

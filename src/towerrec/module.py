@@ -68,7 +68,7 @@ class RetrievalModule(L.LightningModule):
             log_q = self.log_q[ids].clone()  # (M,)
             log_q[num_pos:] = -math.log(len(self.log_q))  # uniform negatives: q = 1/N
         labels = None
-        if self.trainer is not None and self.trainer.world_size > 1:  # items of every rank, with gradients
+        if self._trainer is not None and self._trainer.world_size > 1:  # items of every rank, with gradients
             per_rank = len(items)  # B positives + U negatives on every rank
             items = losses.gather_with_grad(items)  # (world * M, D)
             ids = losses.gather_with_grad(ids)

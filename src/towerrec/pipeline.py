@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from towerrec import evaluation
@@ -82,9 +83,15 @@ def instantiate_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def instantiate_callbacks(cfg: DictConfig) -> list:
-    return [hydra.utils.instantiate(node) for node in (cfg.get("callbacks") or {}).values()
-            if isinstance(node, DictConfig) and "_target_" in node]
+def instantiate_callbacks(cfg: DictConfig, has_logger: bool = True) -> list:
+    callbacks = []
+    for node in (cfg.get("callbacks") or {}).values():
+        if not (isinstance(node, DictConfig) and "_target_" in node):
+            continue
+        if not has_logger and node._target_.endswith("LearningRateMonitor"):
+            continue  # it needs a logger to write to
+        callbacks.append(hydra.utils.instantiate(node))
+    return callbacks
 
 
 def fit_two_tower(cfg: DictConfig, split: Split, loggers: list, run_dir: Path):
@@ -99,7 +106,7 @@ def fit_two_tower(cfg: DictConfig, split: Split, loggers: list, run_dir: Path):
     counts = split.item_counts()
     encoder, tokenizer = load_encoder(m.encoder, corpus=render_items(split.catalog, text_cfg))
     model = TwoTower(encoder, pooling=m.pooling, projection_dim=m.projection_dim, shared_encoder=m.shared_encoder,
-                     freeze_layers=m.freeze_layers, item_id_counts=counts if m.item_id_embedding else None)
+                     freeze_layers=m.freeze_layers, dropout=m.get("dropout"), item_id_counts=counts if m.item_id_embedding else None)
     datamodule = RetrievalDataModule(split, tokenizer, text_cfg, uniform_negatives=loss_cfg.uniform_negatives,
                                      seed=cfg.seed, cache_dir=cfg.paths.cache_dir, **m.datamodule)
     module = RetrievalModule(
@@ -111,7 +118,7 @@ def fit_two_tower(cfg: DictConfig, split: Split, loggers: list, run_dir: Path):
         ks=tuple(int(k) for k in cfg.eval.ks), exclude_history=cfg.eval.exclude_history,
         encode_batch_size=m.datamodule.eval_batch_size, seed=cfg.seed,
     )
-    callbacks = instantiate_callbacks(cfg)
+    callbacks = instantiate_callbacks(cfg, has_logger=bool(loggers))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -149,6 +156,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     else:
         metrics, objects = fit_two_tower(cfg, split, loggers, run_dir)
     metrics["time/seconds"] = time.perf_counter() - start
+    objects["split"] = split
+    if rank_zero_only.rank != 0:  # under DDP, rank 0 alone writes and reports
+        return metrics, objects
     metrics_path = run_dir / "metrics.json"
     evaluation.save_metrics(metrics_path, metrics)
     for lg in loggers:
@@ -156,7 +166,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
             log_wandb_artifact(lg, metrics_path)
         lg.finalize("success")
     print(f"\n{split.name} / {cfg.model.kind}  ({run_dir})\n" + evaluation.format_table(metrics))
-    objects["split"] = split
     return metrics, objects
 
 

@@ -46,6 +46,17 @@ def freeze_lower_layers(encoder: nn.Module, num_layers: int) -> None:
         layer.requires_grad_(False)
 
 
+def set_dropout(module: nn.Module, p: float) -> None:
+    """Set every dropout probability inside `module` (HF attention dropout included)."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Dropout):
+            sub.p = p
+    config = getattr(module, "config", None)
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+        if config is not None and hasattr(config, name):
+            setattr(config, name, p)
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     """(B, L, H) hidden states, (B, L) mask -> (B, H)."""
     if mode == "cls":
@@ -71,6 +82,8 @@ class TextTower(nn.Module):
         self.normalize = normalize
         hidden = encoder.config.hidden_size
         self.projection = nn.Linear(hidden, projection_dim, bias=False) if projection_dim else None
+        if self.projection is not None and projection_dim == hidden:
+            nn.init.eye_(self.projection.weight)  # start from the pretrained embedding space
         self.dim = projection_dim or hidden
         self.id_embedding = None
         if item_id_counts is not None:
@@ -108,14 +121,18 @@ class TwoTower(nn.Module):
         freeze_layers: int = 0,
         item_id_counts: np.ndarray | None = None,
         normalize: bool = True,
+        dropout: float | None = None,
     ):
         super().__init__()
+        if dropout is not None:
+            set_dropout(encoder, dropout)
         item_encoder = encoder if shared_encoder else copy.deepcopy(encoder)
         for enc in {id(encoder): encoder, id(item_encoder): item_encoder}.values():
             freeze_lower_layers(enc, freeze_layers)
         self.user_tower = TextTower(encoder, pooling, projection_dim, normalize)
         self.item_tower = TextTower(item_encoder, pooling, projection_dim, normalize, item_id_counts)
         self.shared_encoder = shared_encoder
+        self.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
 
     @property
     def dim(self) -> int:

@@ -134,15 +134,14 @@ class RetrievalDataModule(L.LightningDataModule):
         cache = Path(self.cache_dir) / f"tokens-{self._cache_key()}.npz" if self.cache_dir else None
         self.train_examples = self.split.train_pairs(self.max_history)
         self.eval_examples = {s: self.split.examples(s) for s in ("valid", "test")}
+        self.item_texts = render_items(self.split.catalog, self.text)
+        self._history_texts = render_items(self.split.catalog, self.text, self.text.history_fields)
+        self._history_lengths: dict[str, int] = {}  # filled on first use
         if cache is not None and cache.exists():
             log.info("loading tokenized text from %s", cache)
             self._load(cache)
         else:
-            self.item_texts = render_items(self.split.catalog, self.text)
-            history_texts = render_items(self.split.catalog, self.text, self.text.history_fields)
             self.item_tokens = tokenize(self.tokenizer, self.item_texts, self.item_max_length)
-            self._history_texts = history_texts
-            self._history_lengths = {t: self._count_tokens(t) for t in history_texts}
             self.user_tokens = {"train": self._user_tokens(self.train_examples)}
             for s, ex in self.eval_examples.items():
                 self.user_tokens[s] = self._user_tokens(ex)
@@ -151,9 +150,11 @@ class RetrievalDataModule(L.LightningDataModule):
         self._prepared = True
 
     def user_texts(self, examples: Examples) -> list[str]:
-        def count(text: str) -> int:  # history item texts were counted once in setup
+        def count(text: str) -> int:  # each history item text is counted once per datamodule
             n = self._history_lengths.get(text)
-            return self._count_tokens(text) if n is None else n
+            if n is None:
+                n = self._history_lengths[text] = self._count_tokens(text)
+            return n
 
         return [render_user([self._history_texts[i] for i in h[-self.text.user_max_items :]], self.text,
                             count_tokens=count) for h in examples.histories]

@@ -33,6 +33,7 @@ from towerrec.data.schema import CATEGORY_SEP, Catalog, DataError, Dataset, Inte
 __all__ = ["generate", "complements", "LANGUAGES"]
 
 LANGUAGES = ("en", "zh")
+_REDRAWS = 4  # tries to replace a repeat purchase of a non-consumable item
 TIERS = ("budget", "mid", "premium")
 
 # ---------------------------------------------------------------------------------------------------
@@ -779,6 +780,11 @@ def _simulate(
         item = pick_item(act, leaf, anchor)
         m = mode == _TRENDING
         item[m] = bestseller.sample(rng, np.zeros(int(m.sum()), dtype=np.int64))
+        for _ in range(_REDRAWS):  # durable goods are rarely bought twice: redraw repeats
+            again = (seq[act, :t] == item[:, None]).any(axis=1) & ~consumable[w.item_leaf[item]]
+            if not again.any():
+                break
+            item[again] = pick_item(act[again], leaf[again], anchor[again])
         seq[act, t] = item
 
     # timestamps: same order (tie), same session (minutes), or a later visit (days)

@@ -1,0 +1,438 @@
+"""Export of the product index (towerrec.export): round trip, verification and tampering, atomic writes,
+index presets, sharding, and adding / removing products without retraining. A tiny random-init BERT on a
+tiny synthetic world; one export is shared and copied by the tests that modify it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
+
+from towerrec import export as ex
+from towerrec.data import synthetic
+from towerrec.data.splits import leave_last_out
+from towerrec.data.text import TextConfig, render_items
+from towerrec.encoders import load_encoder
+from towerrec.export import Artifact, ArtifactError, IndexConfig
+from towerrec.retrieval import Retriever
+from towerrec.towers import TwoTower
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_BERT = {"vocab_size": 300, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 32, "max_position_embeddings": 128}
+TEXT = TextConfig(user_max_items=3, user_max_tokens=48)
+LENGTHS = dict(item_max_length=32, user_max_length=48)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(faiss_threads)
+
+
+@pytest.fixture(scope="module")
+def split():
+    return leave_last_out(synthetic.generate(num_items=80, num_users=60, max_len=8, user_id_secret="test-secret"))
+
+
+@pytest.fixture(scope="module")
+def encoder_and_tokenizer(split):
+    torch.manual_seed(0)
+    return load_encoder({"random_init": dict(TINY_BERT)}, corpus=render_items(split.catalog, TEXT))
+
+
+@pytest.fixture(scope="module")
+def model(encoder_and_tokenizer):
+    return TwoTower(encoder_and_tokenizer[0]).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(encoder_and_tokenizer):
+    return encoder_and_tokenizer[1]
+
+
+def do_export(out, model, tokenizer, split, index_cfg=None, **kwargs):
+    train_cfg = {"model": {"encoder": {"random_init": TINY_BERT}}, "data": {"user_id_secret": "s3cret-key"}}
+    return ex.export_artifact(out, model, tokenizer, split, TEXT, **LENGTHS, index_cfg=index_cfg, train_cfg=train_cfg,
+                              metrics={"test/recall@10": 0.25}, batch_size=32, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, model, tokenizer, split) -> Path:
+    return do_export(tmp_path_factory.mktemp("base") / "artifact", model, tokenizer, split)
+
+
+@pytest.fixture
+def art_dir(base, tmp_path) -> Path:
+    """A private copy of the shared export."""
+    return Path(shutil.copytree(base, tmp_path / "artifact"))
+
+
+def preset(name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "index" / f"{name}.yaml"))
+
+
+# ------------------------------------------------------------------------------------------ round trip
+
+
+def test_round_trip_restores_vectors_towers_and_manifest(base, model, tokenizer, split):
+    art = Artifact.load(base, verify=True)
+    m = art.manifest
+    assert m["schema_version"] == 1 and m["metric"] == "ip" and m["normalized"] is True
+    assert m["dim"] == 16 and m["num_items"] == split.num_items == art.index.ntotal
+    assert m["data"]["fingerprint"] == split.fingerprint
+    assert m["metrics"] == {"test/recall@10": 0.25}
+    assert m["encoder"]["name_or_path"] == "random_init"
+    assert m["train_config"]["data"]["user_id_secret"] == "<redacted>"
+    files = {p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(m["files"]) == files  # every file checksummed
+    for name in ("index.faiss", "items.parquet", "item_embeddings.safetensors", "popularity.safetensors",
+                 "text.json", "user_tower/model.safetensors", "user_tower/config.json", "user_tower/tower.json",
+                 "item_tower/model.safetensors", "item_tower/tokenizer.json"):
+        assert name in files
+    assert TextConfig.from_dict(json.loads((base / "text.json").read_text())) == TEXT
+
+    # stored vectors = the product tower's, unit norm; the index finds each item as its own best match
+    expected = ex.encode_texts(model.item_tower, tokenizer, render_items(split.catalog, TEXT), 32)
+    np.testing.assert_array_equal(art.embeddings, expected)
+    np.testing.assert_allclose(np.linalg.norm(art.embeddings, axis=1), 1.0, atol=1e-5)
+    _, labels = art.index.search(art.embeddings[:5], 1)
+    assert labels[:, 0].tolist() == [0, 1, 2, 3, 4]
+    assert art.items["item_id"].tolist() == split.catalog.item_ids.tolist()
+    assert art.items["row_id"].tolist() == list(range(split.num_items))
+    np.testing.assert_array_equal(art.popularity, split.item_counts())
+
+    # towers rebuilt from their directories compute what the trained ones do
+    texts = ["Korsen road bike ; blue socks", "a blender"]
+    for which, tower in (("user", model.user_tower), ("item", model.item_tower)):
+        rebuilt = art.tower(which)
+        np.testing.assert_allclose(rebuilt.encode(texts), ex.encode_texts(tower, tokenizer, texts, 48), atol=1e-6)
+        assert rebuilt.tokenizer("a blender")["input_ids"] == tokenizer("a blender")["input_ids"]
+    assert art.user_tower.max_length == 48 and art.item_tower.max_length == 32
+
+
+def test_no_raw_user_ids_or_secrets_in_any_file(base, split):
+    blobs = b"".join(p.read_bytes() for p in base.rglob("*") if p.is_file())
+    for user in split.users[:20]:
+        assert str(user).encode() not in blobs
+    assert b"s3cret-key" not in blobs and b"test-secret" not in blobs
+
+
+def test_tower_with_projection_id_embedding_and_separate_encoders(tmp_path, split, tokenizer):
+    torch.manual_seed(1)
+    encoder, _ = load_encoder({"random_init": dict(TINY_BERT)}, corpus=render_items(split.catalog, TEXT))
+    model = TwoTower(encoder, projection_dim=8, shared_encoder=False, item_id_counts=split.item_counts()).eval()
+    with torch.no_grad():
+        model.item_tower.id_embedding.weight.normal_(std=0.5)  # make the id embedding matter
+    art = Artifact.load(do_export(tmp_path / "a", model, tokenizer, split))
+    meta = art.item_tower.meta
+    assert meta["projection_dim"] == 8 and meta["id_embedding"]["num_items"] == split.num_items
+    assert art.user_tower.meta["id_embedding"] is None
+    texts = render_items(split.catalog, TEXT)[:6]
+    ids = np.arange(6)
+    np.testing.assert_allclose(art.item_tower.encode(texts, item_idx=ids),
+                               ex.encode_texts(model.item_tower, tokenizer, texts, 32, item_idx=ids), atol=1e-6)
+    np.testing.assert_allclose(art.embeddings[:6], ex.encode_texts(model.item_tower, tokenizer, texts, 32, item_idx=ids),
+                               atol=1e-6)
+    # the id embedding is part of the stored vectors: text alone gives other vectors
+    assert not np.allclose(art.embeddings[:6], art.item_tower.encode(texts), atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ verification
+
+
+def _rewrite_checksum(path: Path, rel: str) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"][rel]["sha256"] = ex.sha256_file(path / rel)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _edit_manifest(path: Path, **changes) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest.update(changes)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _flip_byte(path: Path, rel: str) -> None:
+    data = bytearray((path / rel).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (path / rel).write_bytes(bytes(data))
+
+
+def _other_dim_index(path: Path) -> None:
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(8))
+    index.add_with_ids(np.eye(8, dtype=np.float32)[np.arange(80) % 8], np.arange(80, dtype=np.int64))
+    faiss.write_index(index, str(path / "index.faiss"))
+    _rewrite_checksum(path, "index.faiss")
+
+
+def _short_embeddings(path: Path) -> None:
+    t = load_numpy(str(path / "item_embeddings.safetensors"))
+    save_numpy({"embeddings": t["embeddings"][:79], "row_id": t["row_id"]}, str(path / "item_embeddings.safetensors"))
+    _rewrite_checksum(path, "item_embeddings.safetensors")
+
+
+TAMPERING = {
+    "flipped byte": (lambda p: _flip_byte(p, "item_embeddings.safetensors"), r"item_embeddings\.safetensors: checksum mismatch"),
+    "flipped weight": (lambda p: _flip_byte(p, "user_tower/model.safetensors"), r"user_tower/model\.safetensors: checksum"),
+    "newer schema": (lambda p: _edit_manifest(p, schema_version=2), r"manifest\.json: schema_version 2 is newer"),
+    "bad schema": (lambda p: _edit_manifest(p, schema_version="one"), r"manifest\.json: schema_version 'one'"),
+    "dropped file": (lambda p: (p / "item_tower" / "tower.json").unlink(), r"item_tower/tower\.json: missing"),
+    "dropped manifest": (lambda p: (p / "manifest.json").unlink(), r"manifest\.json: missing"),
+    "index dim": (_other_dim_index, r"index\.faiss: index dimension 8 != manifest dim 16"),
+    "count": (lambda p: _edit_manifest(p, num_items=81), r"index\.faiss: the index holds 80 vectors but manifest num_items is 81"),
+    "embedding shape": (_short_embeddings, r"item_embeddings\.safetensors: embeddings .*79, 16.* != expected \(80, 16\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERING))
+def test_tampered_artifact_is_refused_naming_the_file(art_dir, case):
+    tamper, message = TAMPERING[case]
+    tamper(art_dir)
+    with pytest.raises(ArtifactError, match=message):
+        Artifact.load(art_dir, verify=True)
+    assert issubclass(ArtifactError, ValueError)
+    assert ex.main(["verify", str(art_dir)]) == 1
+
+
+def test_verify_false_skips_checksums_but_not_structure(art_dir):
+    save_numpy({"counts": np.ones(80, dtype=np.int64)}, str(art_dir / "popularity.safetensors"))  # valid, unlisted
+    with pytest.raises(ArtifactError, match="popularity.safetensors: checksum mismatch"):
+        Artifact.load(art_dir, verify=True)
+    assert Artifact.load(art_dir, verify=False).popularity.tolist() == [1] * 80
+    _edit_manifest(art_dir, num_items=81)
+    with pytest.raises(ArtifactError, match="num_items is 81"):
+        Artifact.load(art_dir, verify=False)
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+
+
+def _snapshot(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def test_interrupted_export_leaves_the_previous_export_intact(art_dir, model, tokenizer, split, monkeypatch):
+    before = _snapshot(art_dir)
+    calls = []
+    real_save_tower = ex.save_tower
+
+    def crash_on_second_tower(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash while writing the item tower")
+        return real_save_tower(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "save_tower", crash_on_second_tower)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        do_export(art_dir, model, tokenizer, split)
+    assert _snapshot(art_dir) == before
+    assert sorted(p.name for p in art_dir.parent.iterdir() if p.name != ".artifact.lock") == ["artifact"]
+    Artifact.load(art_dir)
+
+    # a crash after the old version was renamed aside, before the new one was renamed in
+    monkeypatch.setattr(ex, "save_tower", real_save_tower)
+    real_rename = ex.os.rename
+
+    def crash_on_second_rename(src, dst, _calls=[]):
+        _calls.append(1)
+        if len(_calls) == 2:
+            raise KeyboardInterrupt("killed between the renames")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(ex.os, "rename", crash_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        do_export(art_dir, model, tokenizer, split)
+    monkeypatch.setattr(ex.os, "rename", real_rename)
+    assert not art_dir.exists()
+    assert Artifact.load(art_dir).manifest["files"] == json.loads(before["manifest.json"])["files"]  # from aside
+    # a dead writer's temporary directory is cleaned up, the previous version restored, then replaced
+    (art_dir.parent / ".artifact.tmp-dead").mkdir()
+    do_export(art_dir, model, tokenizer, split)
+    assert sorted(p.name for p in art_dir.parent.iterdir() if p.name != ".artifact.lock") == ["artifact"]
+    assert Artifact.load(art_dir).manifest["created_at"] >= json.loads(before["manifest.json"])["created_at"]
+
+
+# ------------------------------------------------------------------------------------------ index presets
+
+
+def test_nlist_and_pq_rules():
+    ivf = IndexConfig.from_any(preset("ivf"))
+    assert ivf.nlist_for(1_000_000) == 4000
+    assert ivf.nlist_for(80) == 2  # at most N / 39
+    assert ivf.resolve(10_000, 384) == "IVF256,Flat"  # 4 * sqrt(10000) = 400 > 10000 // 39 = 256
+    pq = IndexConfig.from_any(preset("ivfpq"))
+    assert pq.resolve(1_000_000, 384) == "IVF4000,PQ48x8,RFlat"
+    assert pq.resolve(80, 16) == "IVF2,PQ2x6,RFlat"  # 2^6 <= 80 training vectors
+    with pytest.raises(ValueError, match="unknown index option"):
+        IndexConfig.from_any({"factory": "Flat", "nprobe": 3})
+    with pytest.raises(ValueError, match="unknown index search parameter"):
+        IndexConfig.from_any({"factory": "Flat", "search": {"ef": 3}})
+
+
+@pytest.mark.parametrize("name", ["flat", "hnsw", "ivf", "ivfpq"])
+def test_index_presets_export_load_and_search(tmp_path, model, tokenizer, split, name):
+    cfg = preset(name)
+    art = Artifact.load(do_export(tmp_path / name, model, tokenizer, split, index_cfg=cfg))
+    info = art.manifest["index"]
+    chain = ex.describe(art.index)
+    assert info["search"] == cfg.get("search", {})
+    if name == "hnsw":
+        assert info["factory"] == "IDMap2,HNSW32,Flat"
+        assert faiss.downcast_index(art.index.index).hnsw.efSearch == cfg["search"]["efSearch"]
+    if name in ("ivf", "ivfpq"):
+        ivf = faiss.extract_index_ivf(art.index)
+        assert ivf.nlist == 2 and ivf.nprobe == 2  # nprobe clamped to nlist; set after loading
+        assert info["trained_on"] == split.num_items
+    if name == "ivfpq":
+        assert info["factory"] == "IDMap2,IVF2,PQ2x6,RFlat"
+        assert "IndexRefineFlat" in chain
+        assert faiss.downcast_index(art.index.index).k_factor == cfg["search"]["k_factor"]
+    # every item is its own nearest neighbour: exact for flat / IVF (all cells probed); for IVF-PQ once
+    # k * k_factor candidates reach the exact re-ranking (the random tiny model's vectors are near-collinear)
+    _, labels = art.index.search(art.embeddings, 10)
+    assert (labels[:, 0] == art.row_ids).mean() >= (0.95 if name in ("hnsw", "ivfpq") else 1.0)
+
+
+# ------------------------------------------------------------------------------------------ sharding
+
+
+def test_two_shards_answer_exactly_like_one_flat_index():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(1000, dtype=np.int64) + 5
+    flat, _ = ex.build_index(x, ids, "IDMap2,Flat")
+    shards, parts, info = ex.build_sharded_index(x, ids, 2, "IDMap2,Flat")
+    assert isinstance(shards, faiss.IndexShards) and shards.ntotal == 1000 and info["shards"] == 2
+    assert [p.ntotal for p in parts] == [500, 500]
+    queries = rng.standard_normal((20, 16)).astype(np.float32)
+    d1, i1 = flat.search(queries, 10)
+    d2, i2 = shards.search(queries, 10)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(d1, d2, rtol=1e-6)
+    # each shard holds a successive id range
+    _, first = parts[0].search(x[:1], 1)
+    _, second = parts[1].search(x[999:], 1)
+    assert first[0, 0] == 5 and second[0, 0] == 1004
+
+
+def test_sharded_export_loads_as_shards_and_retrieves_like_the_flat_one(tmp_path, base, model, tokenizer, split):
+    path = do_export(tmp_path / "sharded", model, tokenizer, split, index_cfg={**preset("flat"), "shards": 2})
+    art = Artifact.load(path)
+    assert {"index.shard0.faiss", "index.shard1.faiss"} <= set(art.manifest["files"])
+    assert not (path / "index.faiss").exists() and art.manifest["index"]["shards"] == 2
+    assert isinstance(art.index, faiss.IndexShards) and art.index.ntotal == split.num_items
+    flat = Retriever(Artifact.load(base))
+    sharded = Retriever(art)
+    q = art.embeddings[:7]
+    got, want = sharded.search(q, 5, [{0}] * 7), flat.search(q, 5, [{0}] * 7)
+    assert [[i for i, _ in r] for r in got] == [[i for i, _ in r] for r in want]
+    # adding to a sharded artifact fills one shard; removal works on every shard
+    ex.add_items(path, pd.DataFrame([{"item_id": "NEW-1", "title": "Brand new gadget", "category": "Electronics"}]))
+    ex.remove_items(path, [split.catalog.item_ids[0]])
+    art = Artifact.load(path)
+    assert art.index.ntotal == split.num_items and sum(p.ntotal for p in art.parts) == split.num_items
+    ids = {int(i) for i in art.index.search(art.embeddings, art.num_items)[1].ravel()}
+    assert 0 not in ids and split.num_items in ids
+
+
+# ------------------------------------------------------------------------------------------ add / remove
+
+
+def _new_rows(split) -> pd.DataFrame:
+    src = split.catalog.items.iloc[[10]].copy()
+    twin = src.assign(item_id="TWIN-10")  # same product text as item 10
+    fresh = pd.DataFrame([{"item_id": "NEW-1", "title": "Quantum flux capacitor deluxe", "brand": "Zorbix",
+                           "category": "Electronics > Gadgets", "price": 1.5}])
+    return pd.concat([twin, fresh], ignore_index=True)
+
+
+def test_added_products_become_retrievable_without_retraining(art_dir, split):
+    before = Artifact.load(art_dir)
+    summary = ex.add_items(art_dir, _new_rows(split))
+    assert summary == {"added": 2, "updated": 0, "num_items": 82}
+    art = Artifact.load(art_dir, verify=True)
+    m = art.manifest
+    assert m["num_items"] == 82 == art.index.ntotal and m["next_row_id"] == 82
+    assert m["history"][-1]["action"] == "add" and m["history"][-1]["added"] == 2
+    assert art.items["row_id"].tolist()[-2:] == [80, 81]
+    assert art.popularity[-2:].tolist() == [0, 0]
+    np.testing.assert_array_equal(art.embeddings[:80], before.embeddings)  # existing products untouched
+    np.testing.assert_array_equal(art.embeddings[80], before.embeddings[10])  # same text, same vector
+    # unchanged files are carried over (same checksums), the towers included
+    for rel in ("user_tower/model.safetensors", "text.json"):
+        assert m["files"][rel] == before.manifest["files"][rel]
+
+    r = Retriever(art)
+    new_text = art.items.loc[art.items.item_id == "NEW-1", "text"].item()
+    top = r.recommend(None, k=3, text=new_text)
+    assert top[0]["item_id"] == "NEW-1" and top[0]["title"] == "Quantum flux capacitor deluxe"
+    assert top[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert r.similar_items(split.catalog.item_ids[10], k=1)[0]["item_id"] == "TWIN-10"
+
+
+def test_replace_updates_in_place_and_remove_drops_products(art_dir, split):
+    changed = split.catalog.items.iloc[[3]].assign(title="Completely different title for a tent")
+    with pytest.raises(ArtifactError, match="already present"):
+        ex.add_items(art_dir, changed, replace=False)
+    assert ex.add_items(art_dir, changed) == {"added": 0, "updated": 1, "num_items": 80}
+    art = Artifact.load(art_dir)
+    row = art.items.iloc[3]
+    assert row["row_id"] == 3 and row["title"] == "Completely different title for a tent"
+    assert "Completely different title for a tent" in row["text"] and art.index.ntotal == 80
+    expected = ex.normalize_rows(art.item_tower.encode([row["text"]]))[0]
+    np.testing.assert_allclose(art.embeddings[3], expected, atol=1e-6)
+    _, labels = art.index.search(expected[None], 1)
+    assert labels[0, 0] == 3
+
+    gone = split.catalog.item_ids[[0, 5]].tolist()
+    with pytest.raises(ArtifactError, match="unknown item id"):
+        ex.remove_items(art_dir, ["no-such-item"])
+    assert ex.remove_items(art_dir, gone) == {"removed": 2, "num_items": 78}
+    art = Artifact.load(art_dir)
+    assert art.index.ntotal == 78 and not set(gone) & set(art.items.item_id)
+    labels = art.index.search(art.embeddings, 78)[1]
+    assert not {0, 5} & set(labels.ravel().tolist())
+    # ids are never reused: a product added after a removal gets a fresh one
+    ex.add_items(art_dir, pd.DataFrame([{"item_id": "NEW-2", "title": "Another thing"}]))
+    assert Artifact.load(art_dir).items["row_id"].iloc[-1] == 80
+    assert [h["action"] for h in Artifact.load(art_dir).manifest["history"]] == ["add", "remove", "add"]
+
+
+def test_hnsw_refuses_removal_unless_rebuilt(tmp_path, model, tokenizer, split):
+    path = do_export(tmp_path / "hnsw", model, tokenizer, split, index_cfg=preset("hnsw"))
+    ex.add_items(path, pd.DataFrame([{"item_id": "NEW-1", "title": "Brand new gadget"}]))  # adding is fine
+    with pytest.raises(ArtifactError, match=r"cannot remove vectors.*rebuild"):
+        ex.remove_items(path, ["NEW-1"])
+    assert Artifact.load(path).num_items == 81
+    ex.remove_items(path, ["NEW-1"], rebuild=True)
+    art = Artifact.load(path)
+    assert art.num_items == 80 and art.manifest["index"]["factory"] == "IDMap2,HNSW32,Flat"
+    assert art.manifest["history"][-1]["rebuilt"] is True
+
+
+def test_cli_add_remove_verify(art_dir, tmp_path, split, capsys):
+    csv = tmp_path / "new.csv"
+    pd.DataFrame([{"item_id": "00123", "title": "CLI gadget", "brand": "Cli", "category": "Electronics", "price": 3}]).to_csv(
+        csv, index=False)
+    assert ex.main(["add", str(art_dir), str(csv)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["added"] == 1
+    assert "00123" in Artifact.load(art_dir).items["item_id"].tolist()  # ids stay strings
+    assert ex.main(["add", str(art_dir), str(csv), "--no-replace"]) == 1
+    assert "already present" in capsys.readouterr().err
+    assert ex.main(["remove", str(art_dir), "00123"]) == 0
+    assert ex.main(["verify", str(art_dir)]) == 0
+    assert "80 items" in capsys.readouterr().out
