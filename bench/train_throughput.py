@@ -219,12 +219,9 @@ class Run:
 
 # ---- ours -----------------------------------------------------------------------------------------------
 def run_ours(cfg, args, dm, split, encoder_dir: Path, freeze: int, steps: int, repeat: int) -> Run:
-    import hydra
     import lightning as L
 
-    from towerrec.encoders import load_encoder
-    from towerrec.module import RetrievalModule
-    from towerrec.towers import TwoTower
+    from towerrec.pipeline import build_module, build_two_tower
 
     class ClockCallback(L.Callback):
         def __init__(self, clock: StepClock):
@@ -238,19 +235,11 @@ def run_ours(cfg, args, dm, split, encoder_dir: Path, freeze: int, steps: int, r
 
     start = time.perf_counter()
     L.seed_everything(cfg.seed, verbose=False)
-    m, loss_cfg = cfg.model, cfg.loss
-    counts = split.item_counts()
-    encoder, _ = load_encoder({"name_or_path": str(encoder_dir)})
-    model = TwoTower(encoder, pooling=m.pooling, projection_dim=m.projection_dim, shared_encoder=m.shared_encoder,
-                     freeze_layers=freeze, item_id_counts=counts if m.item_id_embedding else None)
-    module = RetrievalModule(
-        model, optimizer=hydra.utils.instantiate(m.optimizer),
-        scheduler=hydra.utils.instantiate(m.scheduler) if m.get("scheduler") else None,
-        temperature=loss_cfg.temperature, learn_temperature=loss_cfg.learn_temperature,
-        log_q_correction=loss_cfg.log_q_correction, mask_accidental_hits=loss_cfg.mask_accidental_hits,
-        memory_size=loss_cfg.memory_size, cache_chunk_size=loss_cfg.cache_chunk_size, item_counts=counts,
-        seed=cfg.seed,
-    )
+    cfg = cfg.copy()
+    cfg.model.freeze_layers = freeze
+    cfg.model.encoder = {"name_or_path": str(encoder_dir)}
+    model, _, _ = build_two_tower(cfg, split)  # the same construction as train.py
+    module = build_module(cfg, model, split.item_counts())
     clock = StepClock(args.warmup_steps)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1,

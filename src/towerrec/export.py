@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file as load_torch, save_file as save_torch
 
 from towerrec.data.datamodule import pad_batch, tokenize
 from towerrec.data.schema import Catalog
@@ -335,7 +335,9 @@ def encode_texts(
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
             rows = order[start : start + batch_size]
             batch = pad_batch([tokens[i] for i in rows], pad_id)
-            idx = None if item_idx is None else torch.as_tensor(np.asarray(item_idx)[rows], dtype=torch.long, device=device)
+            idx = None
+            if item_idx is not None:
+                idx = torch.as_tensor(np.asarray(item_idx)[rows], dtype=torch.long, device=device)
             emb = tower(batch["input_ids"].to(device), batch["attention_mask"].to(device), idx)
             out[torch.from_numpy(rows)] = emb.float().cpu()
     finally:
@@ -369,7 +371,10 @@ class Tower:
 
 def save_tower(tower: TextTower, tokenizer, out: Path, max_length: int) -> None:
     out.mkdir(parents=True)
-    save_model(tower, str(out / TOWER_WEIGHTS))  # drops duplicate names of shared tensors, if any
+    # cloned to CPU: tensors shared with the other tower (a shared encoder) or tied inside this one are
+    # written as separate copies, which safetensors requires; each tower directory stands alone
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tower.state_dict().items()}
+    save_torch(state, str(out / TOWER_WEIGHTS))
     tower.encoder.config.save_pretrained(out)  # config.json
     tokenizer.save_pretrained(out)
     meta = {
@@ -401,9 +406,10 @@ def load_tower(directory: Path) -> Tower:
         counts[: meta["id_embedding"]["num_rows"] - 1] = 1
     tower = TextTower(encoder, meta["pooling"], meta["projection_dim"], meta["normalize"], counts)
     try:
-        load_model(tower, directory / TOWER_WEIGHTS, strict=True)
+        tower.load_state_dict(load_torch(str(directory / TOWER_WEIGHTS)), strict=True)
     except (RuntimeError, KeyError) as e:
-        raise ArtifactError(f"{directory / TOWER_WEIGHTS}: weights do not fit the tower described by tower.json: {e}") from e
+        raise ArtifactError(f"{directory / TOWER_WEIGHTS}: weights do not fit the tower described by "
+                            f"tower.json: {e}") from e
     tower.eval()
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     return Tower(tower, tokenizer, int(meta["max_length"]), meta)
@@ -527,6 +533,9 @@ def read_manifest(path: Path) -> dict:
     for key in ("dim", "num_items", "files", "index"):
         if key not in manifest:
             raise ArtifactError(f"{f}: required field {key!r} is missing")
+    for rel in manifest["files"]:
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ArtifactError(f"{f}: file entry {rel!r} points outside the artifact")
     return manifest
 
 
@@ -827,9 +836,10 @@ def _carry(src: Path, dst: Path, rel: str) -> None:
             shutil.copy2(f, target)
 
 
-def _rewrite(art: Artifact, items: pd.DataFrame, emb: np.ndarray, counts: np.ndarray,
+def _rewrite(out_dir: Path, art: Artifact, items: pd.DataFrame, emb: np.ndarray, counts: np.ndarray,
              parts: list[faiss.Index] | None, manifest_update: dict) -> Path:
-    """Write a new version of `art` with new tables (and index parts, if given); towers etc. carried over."""
+    """Write a new version of `art` to out_dir with new tables (and index parts, if given); towers etc.
+    carried over (hard links: no file of a version is ever modified in place)."""
     old = art.manifest
     rewritten = {ITEMS_FILE, EMBEDDINGS_FILE, POPULARITY_FILE}
     index_files = {INDEX_FILE} | {shard_file(i) for i in range(int(old["index"].get("shards", 1)))}
@@ -845,7 +855,7 @@ def _rewrite(art: Artifact, items: pd.DataFrame, emb: np.ndarray, counts: np.nda
         return {**old, **manifest_update}
 
     known = {rel: e for rel, e in old["files"].items() if rel.split("/")[0] not in rewritten}
-    return write_artifact(art.path, write, known_checksums=known)
+    return write_artifact(out_dir, write, known_checksums=known)
 
 
 def _index_after_change(art: Artifact, remove_ids: np.ndarray, add_vectors: np.ndarray, add_ids: np.ndarray,
@@ -884,8 +894,10 @@ def add_items(artifact_dir: str | os.PathLike, items: pd.DataFrame, *, replace: 
     Returns {"added": n, "updated": n, "num_items": N}.
     """
     new = Catalog(pd.DataFrame(items)).items  # validated: ids unique, titles present
-    with artifact_lock(artifact_dir):
-        art = Artifact.load(artifact_dir, verify=True)
+    out_dir = Path(artifact_dir).absolute()
+    with artifact_lock(out_dir):
+        _recover(out_dir)
+        art = Artifact.load(out_dir, verify=True)
         pos = art.position_of_item.get_indexer(new["item_id"])
         known = pos >= 0
         if known.any() and not replace:
@@ -915,7 +927,7 @@ def add_items(artifact_dir: str | os.PathLike, items: pd.DataFrame, *, replace: 
                                           rebuild)
         summary = {"added": int((~known).sum()), "updated": int(known.sum()), "num_items": len(items_df)}
         event = {"action": "add", "at": _now(), **summary, "rebuilt": bool(rebuild)}
-        _rewrite(art, items_df, emb, counts, parts, {
+        _rewrite(out_dir, art, items_df, emb, counts, parts, {
             "num_items": len(items_df), "next_row_id": next_id + summary["added"], "index": info,
             "history": [*art.manifest.get("history", []), event]})
     log.info("%s: added %d, updated %d products (%d in all)", art.path, summary["added"], summary["updated"],
@@ -928,8 +940,10 @@ def remove_items(artifact_dir: str | os.PathLike, item_ids: Iterable[str], *, re
     item_ids = list(dict.fromkeys(str(i) for i in item_ids))
     if not item_ids:
         raise ValueError("no item ids to remove")
-    with artifact_lock(artifact_dir):
-        art = Artifact.load(artifact_dir, verify=True)
+    out_dir = Path(artifact_dir).absolute()
+    with artifact_lock(out_dir):
+        _recover(out_dir)
+        art = Artifact.load(out_dir, verify=True)
         pos = art.position_of_item.get_indexer(item_ids)
         if (pos < 0).any():
             unknown = [i for i, p in zip(item_ids, pos) if p < 0]
@@ -944,29 +958,35 @@ def remove_items(artifact_dir: str | os.PathLike, item_ids: Iterable[str], *, re
                                           items_df["row_id"].to_numpy(), rebuild)
         summary = {"removed": len(pos), "num_items": len(items_df)}
         event = {"action": "remove", "at": _now(), **summary, "rebuilt": bool(rebuild)}
-        _rewrite(art, items_df, emb, counts, parts, {
+        _rewrite(out_dir, art, items_df, emb, counts, parts, {
             "num_items": len(items_df), "index": info, "history": [*art.manifest.get("history", []), event]})
     return summary
 
 
 def set_metrics(artifact_dir: str | os.PathLike, metrics: Mapping[str, float]) -> None:
     """Replace the manifest's metrics (everything else carried over)."""
-    with artifact_lock(artifact_dir):
-        art = Artifact.load(artifact_dir, verify=True)
-        _rewrite(art, art.items, art.embeddings, art.popularity, None, {"metrics": _jsonable(dict(metrics))})
+    out_dir = Path(artifact_dir).absolute()
+    with artifact_lock(out_dir):
+        _recover(out_dir)
+        art = Artifact.load(out_dir, verify=True)
+        _rewrite(out_dir, art, art.items, art.embeddings, art.popularity, None, {"metrics": _jsonable(dict(metrics))})
 
 
 # ------------------------------------------------------------------------------------------ from a training run
 
 
-def export_run(cfg, objects: Mapping, metrics: Mapping | None, out_dir: str | os.PathLike | None = None) -> Path:
+def export_run(cfg, objects: Mapping, metrics: Mapping | None,
+               out_dir: str | os.PathLike | None = None) -> Path | None:
     """Export at the end of `towerrec.pipeline.fit_two_tower` (call on global rank zero only).
 
     `objects`: its dict (module.model holds the best checkpoint's weights after trainer.test). Reads
-    cfg.export (dir, batch_size, progress) and cfg.index; both may be absent (defaults: <run>/artifact, flat).
+    cfg.export (enabled, dir, batch_size, progress) and cfg.index; both may be absent (defaults: export to
+    <run>/artifact, flat index). Returns the artifact path, or None when cfg.export.enabled is false.
     """
     dm = objects["datamodule"]
     exp = _plain(cfg.get("export") or {})
+    if not exp.get("enabled", True):
+        return None
     out = out_dir or exp.get("dir") or Path(cfg.paths.output_dir) / "artifact"
     return export_artifact(
         out, objects["module"].model, dm.tokenizer, dm.split, dm.text,
@@ -981,15 +1001,11 @@ def export_checkpoint(cfg, ckpt_path: str | os.PathLike, out_dir: str | os.PathL
     """`stage=export ckpt_path=...`: rebuild the two towers from cfg, load a Lightning checkpoint's weights
     (torch.load with weights_only=True), export, and (if `evaluate`) record the artifact's own valid/test
     metrics, computed through the exported files."""
-    from towerrec.encoders import load_encoder
-    from towerrec.pipeline import load_split
+    from towerrec.pipeline import build_two_tower, load_split
 
     split = load_split(cfg.data)
     m = cfg.model
-    text = TextConfig.from_dict(cfg.text)
-    encoder, tokenizer = load_encoder(m.encoder, corpus=render_items(split.catalog, text))
-    model = TwoTower(encoder, pooling=m.pooling, projection_dim=m.projection_dim, shared_encoder=m.shared_encoder,
-                     item_id_counts=split.item_counts() if m.item_id_embedding else None)
+    model, tokenizer, text = build_two_tower(cfg, split)
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     model.load_state_dict(weights, strict=True)

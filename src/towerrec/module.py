@@ -130,7 +130,7 @@ class RetrievalModule(L.LightningModule):
         out = torch.empty(num_items, self.model.dim, device=self.device)
         for batch in tqdm(loader, desc="encode catalog", disable=not progress, leave=False):
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            out[batch["item_idx"]] = self.model.embed_items(batch)
+            out[batch["item_idx"]] = self.model.embed_items(batch).float()  # autocast may give bf16
         return out
 
     def _eval_start(self) -> None:
@@ -139,7 +139,7 @@ class RetrievalModule(L.LightningModule):
         self._eval_outputs = []
 
     def _eval_step(self, batch: dict) -> None:
-        q = self.model.embed_users(batch)  # (B, D)
+        q = self.model.embed_users(batch).float()  # (B, D)
         self._eval_outputs.append((batch["example_idx"], q))
 
     def _eval_end(self, stage: str) -> dict[str, float]:

@@ -94,30 +94,47 @@ def instantiate_callbacks(cfg: DictConfig, has_logger: bool = True) -> list:
     return callbacks
 
 
-def fit_two_tower(cfg: DictConfig, split: Split, loggers: list, run_dir: Path):
-    """Build towers, data and trainer from config; fit; validate and test the best checkpoint."""
-    from towerrec.data.datamodule import RetrievalDataModule
+def build_two_tower(cfg: DictConfig, split: Split):
+    """(TwoTower, tokenizer, TextConfig) from `cfg.model` and `cfg.text`; weights as configured (untrained)."""
     from towerrec.encoders import load_encoder
-    from towerrec.module import RetrievalModule
     from towerrec.towers import TwoTower
 
-    m, loss_cfg = cfg.model, cfg.loss
+    m = cfg.model
     text_cfg = TextConfig.from_dict(cfg.text)
-    counts = split.item_counts()
     encoder, tokenizer = load_encoder(m.encoder, corpus=render_items(split.catalog, text_cfg))
-    model = TwoTower(encoder, pooling=m.pooling, projection_dim=m.projection_dim, shared_encoder=m.shared_encoder,
-                     freeze_layers=m.freeze_layers, dropout=m.get("dropout"), item_id_counts=counts if m.item_id_embedding else None)
-    datamodule = RetrievalDataModule(split, tokenizer, text_cfg, uniform_negatives=loss_cfg.uniform_negatives,
-                                     seed=cfg.seed, cache_dir=cfg.paths.cache_dir, **m.datamodule)
-    module = RetrievalModule(
+    projection_dim = m.projection_dim or (encoder.config.hidden_size if m.get("projection") else None)
+    model = TwoTower(encoder, pooling=m.pooling, projection_dim=projection_dim, shared_encoder=m.shared_encoder,
+                     freeze_layers=m.freeze_layers, dropout=m.get("dropout"),
+                     item_id_counts=split.item_counts() if m.item_id_embedding else None)
+    return model, tokenizer, text_cfg
+
+
+def build_module(cfg: DictConfig, model, item_counts: np.ndarray):
+    """The RetrievalModule around `model`, with the loss, optimizer and evaluation settings of `cfg`."""
+    from towerrec.module import RetrievalModule
+
+    m, loss_cfg = cfg.model, cfg.loss
+    return RetrievalModule(
         model, optimizer=hydra.utils.instantiate(m.optimizer),
         scheduler=hydra.utils.instantiate(m.scheduler) if m.get("scheduler") else None,
         temperature=loss_cfg.temperature, learn_temperature=loss_cfg.learn_temperature,
         log_q_correction=loss_cfg.log_q_correction, mask_accidental_hits=loss_cfg.mask_accidental_hits,
-        memory_size=loss_cfg.memory_size, cache_chunk_size=loss_cfg.cache_chunk_size, item_counts=counts,
+        memory_size=loss_cfg.memory_size, cache_chunk_size=loss_cfg.cache_chunk_size, item_counts=item_counts,
         ks=tuple(int(k) for k in cfg.eval.ks), exclude_history=cfg.eval.exclude_history,
         encode_batch_size=m.datamodule.eval_batch_size, seed=cfg.seed,
     )
+
+
+def fit_two_tower(cfg: DictConfig, split: Split, loggers: list, run_dir: Path):
+    """Build towers, data and trainer from config; fit; validate and test the best checkpoint."""
+    from towerrec.data.datamodule import RetrievalDataModule
+
+    m, loss_cfg = cfg.model, cfg.loss
+    counts = split.item_counts()
+    model, tokenizer, text_cfg = build_two_tower(cfg, split)
+    datamodule = RetrievalDataModule(split, tokenizer, text_cfg, uniform_negatives=loss_cfg.uniform_negatives,
+                                     seed=cfg.seed, cache_dir=cfg.paths.cache_dir, **m.datamodule)
+    module = build_module(cfg, model, counts)
     callbacks = instantiate_callbacks(cfg, has_logger=bool(loggers))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
@@ -143,6 +160,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("stage", "train") == "export":
+        return export_only(cfg)
     split = load_split(cfg.data)
     loggers = instantiate_loggers(cfg)
     start = time.perf_counter()
@@ -155,6 +174,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
             lg.log_metrics(metrics)
     else:
         metrics, objects = fit_two_tower(cfg, split, loggers, run_dir)
+        if objects["trainer"].is_global_zero and cfg.export.enabled:
+            from towerrec.export import export_run
+
+            objects["artifact"] = export_run(cfg, objects, metrics)
+            log.info("exported the serving artifact to %s", objects["artifact"])
     metrics["time/seconds"] = time.perf_counter() - start
     objects["split"] = split
     if rank_zero_only.rank != 0:  # under DDP, rank 0 alone writes and reports
@@ -167,6 +191,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         lg.finalize("success")
     print(f"\n{split.name} / {cfg.model.kind}  ({run_dir})\n" + evaluation.format_table(metrics))
     return metrics, objects
+
+
+def export_only(cfg: DictConfig) -> tuple[dict[str, float], dict]:
+    """`python train.py stage=export ckpt_path=...`: export a trained checkpoint without training."""
+    from towerrec.export import Artifact, export_checkpoint
+
+    if not cfg.get("ckpt_path"):
+        raise ValueError("stage=export needs ckpt_path=PATH/TO/CHECKPOINT.ckpt")
+    path = export_checkpoint(cfg, cfg.ckpt_path)
+    metrics = dict(Artifact.load(path).manifest.get("metrics", {}))
+    print(f"exported {cfg.ckpt_path} to {path}\n" + evaluation.format_table(metrics))
+    return metrics, {"artifact": path}
 
 
 def log_wandb_artifact(logger, path: Path) -> None:

@@ -69,7 +69,8 @@ class Retriever:
 
     def user_text(self, history_positions: Sequence[int], text: str | None = None) -> str:
         """The user tower's input for a history (table positions, oldest first; -1 = unknown, skipped)."""
-        recent = np.asarray(history_positions, dtype=np.int64)[-self.text.user_max_items :] if self.text.user_max_items > 0 else []
+        recent = np.asarray(history_positions, dtype=np.int64)
+        recent = recent[-self.text.user_max_items :] if self.text.user_max_items > 0 else recent[:0]
         texts = [self._history_texts[p] for p in recent if p >= 0]
         if text is not None and text.strip():
             texts.append(" ".join(text.split()))  # the newest "item": rendered first
@@ -208,7 +209,8 @@ class Retriever:
 
 
 def evaluate_artifact(artifact: Artifact | Retriever | str | Path, split: Split, eval_cfg: Mapping | None = None, *,
-                      stages: Sequence[str] = ("test",), batch_size: int = 256, progress: bool = False) -> dict[str, float]:
+                      stages: Sequence[str] = ("test",), batch_size: int = 256,
+                      progress: bool = False) -> dict[str, float]:
     """Harness metrics of the exported model on `split`, e.g. {'test/recall@10': ...} ('val/' for valid).
 
     Users are embedded through the Retriever (stored text config, tokenizer and user tower) and scored
