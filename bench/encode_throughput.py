@@ -49,7 +49,8 @@ log = logging.getLogger("encode_throughput")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="synthetic", help="data config group under conf/data (synthetic, scientific, ...)")
     p.add_argument("--data-path", default=None, help="override data.path (datasets read from disk)")
     p.add_argument("--encoder", default="minilm", help="minilm (packaged all-MiniLM-L6-v2) or a local "
@@ -264,8 +265,9 @@ def main(argv: list[str] | None = None) -> dict:
         s = summary[name]
         print(f"{name:<{width}}{s['items_per_s']:>{max(len(rate), 10)}.1f}{s['seconds']:>10.2f}{load:>9.2f}")
     print(f"ratio ours / sentence-transformers: {ratio:.2f}x")
+    bf16_note = " (torch.autocast cpu bf16 around both encode calls)" if args.precision == "bf16" else ""
     print(f"({len(texts)} items of {split.name}, batch {batch_size}, max length {max_length}, precision "
-          f"{args.precision}{' (torch.autocast cpu bf16 around both encode calls)' if args.precision == 'bf16' else ''}, "
+          f"{args.precision}{bf16_note}, "
           f"torch threads {env['torch_threads']}; padded tokens per item: ours {padding['ours']:.1f}, "
           f"sentence-transformers {padding['theirs']:.1f})")
     n_check = len(cos_fp32)
@@ -273,7 +275,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{cos_fp32.mean():.6f} -> {'ok' if parity_ok else 'FAILED'} (> {PARITY_MIN_COSINE}); "
           f"token parity {100 * parity_tokens:.1f}%")
     if args.precision == "bf16":
-        print(f"bf16 runs: ours vs sentence-transformers cosine min {cos_timed.min():.6f}, mean {cos_timed.mean():.6f}; "
+        print(f"bf16 runs: ours vs sentence-transformers cosine min {cos_timed.min():.6f}, "
+              f"mean {cos_timed.mean():.6f}; "
               f"ours bf16 vs fp32 cosine min {bf16_drift.min():.6f}, mean {bf16_drift.mean():.6f}")
     if not parity_ok:
         worst = int(np.argmin(cos_fp32))

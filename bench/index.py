@@ -56,7 +56,8 @@ def float_list(text: str) -> list[float]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1_000_000, help="base vectors (the catalog)")
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--queries", type=int, default=1000)
@@ -70,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(auto: the preset's rule, 48 at 384-d; e.g. auto,64)")
     p.add_argument("--shards", type=int, default=1, help="build every preset as N shards (build_sharded_index)")
     p.add_argument("--set", action="append", default=[], metavar="PRESET.KEY=VALUE",
-                   help="override a preset option (repeatable), e.g. --set ivf.nlist=2048 --set hnsw.ef_construction=100")
+                   help="override a preset option (repeatable), e.g. --set ivf.nlist=2048 "
+                   "--set hnsw.ef_construction=100")
     p.add_argument("--clusters", type=int, default=2000, help="cluster centres of the synthetic vectors")
     p.add_argument("--local-dim", type=int, default=24, help="dimension of each cluster's own subspace")
     p.add_argument("--spread", type=float, default=0.6, help="norm of a vector's offset from its centre, in the "
@@ -219,25 +221,25 @@ def build(preset: str, label: str, cfg, x: np.ndarray, ids: np.ndarray, shards: 
     start = time.perf_counter()
     if shards > 1:
         index, parts, info = build_sharded_index(x, ids, shards, cfg)
-        size = sum(serialized_bytes(p) for p in parts)
-        chain = unwrap(parts[0])
     else:
         index, info = build_index(x, ids, cfg)
-        size = serialized_bytes(index)
-        chain = unwrap(index)
+        parts = [index]
     build_s = time.perf_counter() - start
-    refine = any(isinstance(s, faiss.IndexRefine) for s in chain)
-    built = Built(preset, label, index, info["factory"], refine, build_s, int(info["trained_on"]), size / len(x),
-                  dict(cfg.search))
-    if refine and shards == 1:
-        # the IVF-PQ inside the refine wrapper is exactly what `refine: false` builds (same factory, same
-        # training sample, same adds): searched alone, it gives the rows without re-ranking
-        ref = next(s for s in chain if isinstance(s, faiss.IndexRefine))
-        built.compressed = faiss.downcast_index(ref.base_index)
-        built.compressed_factory = without_refine(cfg).resolve(len(x), x.shape[1])
-        top = chain[0]
-        built.compressed_ids = faiss.vector_to_array(top.id_map) if isinstance(top, faiss.IndexIDMap) else None
-        built.compressed_bytes_per_vector = serialized_bytes(built.compressed) / len(x)
+    size = sum(serialized_bytes(p) for p in parts)
+    chains = [unwrap(p) for p in parts]
+    refines = [next((s for s in chain if isinstance(s, faiss.IndexRefine)), None) for chain in chains]
+    built = Built(preset, label, index, info["factory"], refines[0] is not None, build_s, int(info["trained_on"]),
+                  size / len(x), dict(cfg.search))
+    if built.refine:
+        bases = [faiss.downcast_index(r.base_index) for r in refines]
+        built.compressed_bytes_per_vector = sum(serialized_bytes(b) for b in bases) / len(x)
+        if shards == 1:
+            # the IVF-PQ inside the refine wrapper is exactly what `refine: false` builds (same factory, same
+            # training sample, same adds): searched alone, it gives the rows without re-ranking
+            built.compressed = bases[0]
+            built.compressed_factory = without_refine(cfg).resolve(len(x), x.shape[1])
+            top = chains[0][0]
+            built.compressed_ids = faiss.vector_to_array(top.id_map) if isinstance(top, faiss.IndexIDMap) else None
     return built
 
 
@@ -339,7 +341,8 @@ def sweep(built: Built, q: np.ndarray, truth: np.ndarray, args) -> list[Row]:
         if built.compressed is not None:
             jobs += [(built.compressed, built.compressed_factory, {"nprobe": p}) for p in nprobes]
         if built.refine:
-            jobs += [(*whole, {"nprobe": p, "k_factor": kf}) for p in nprobes for kf in values(args.k_factor, "k_factor")]
+            k_factors = values(args.k_factor, "k_factor")
+            jobs += [(*whole, {"nprobe": p, "k_factor": kf}) for p in nprobes for kf in k_factors]
         else:
             jobs += [(*whole, {"nprobe": p}) for p in nprobes]
     rows = []
@@ -357,11 +360,16 @@ def sweep(built: Built, q: np.ndarray, truth: np.ndarray, args) -> list[Row]:
         row.goals = goals_met(row)
         rows.append(row)
         say(f"  {row.label:<12} {fmt_params(params):<22} recall@10 {row.recall:.4f}  p50 {row.p50_ms:7.3f} ms  "
-            f"p99 {row.p99_ms:7.3f} ms  batch {row.batch_qps:9.0f} q/s" + (f"  goal {','.join(row.goals)}" if row.goals else ""))
+            f"p99 {row.p99_ms:7.3f} ms  batch {row.batch_qps:9.0f} q/s"
+            + (f"  goal {','.join(row.goals)}" if row.goals else ""))
     return rows
 
 
 # ---- report -------------------------------------------------------------------------------------------
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def fmt_params(params: dict) -> str:
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "-"
 
@@ -405,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
            "machine": platform.machine(), "cpu_count": os.cpu_count(), "faiss_threads": threads,
            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
     load = f", load average {env['load_average'][0]:.1f}" if env["load_average"] else ""
-    say(f"faiss {env['faiss']}, {threads} threads for build and batch search (1 for single-query latency), "
+    say(f"faiss {env['faiss']}, {plural(threads, 'thread')} for build and batch search (1 for single-query latency), "
         f"{env['cpu_count']} CPUs{load}")
     if env["load_average"] and env["load_average"][0] > (env["cpu_count"] or 1) * 0.5:
         say("  note: the machine is busy; latencies and build times will be inflated")
@@ -454,15 +462,16 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"""
 n={args.n:,} dim={args.dim} queries={args.queries:,}; recall@10 against the exact inner-product top-10.
 *        the preset's own search setting (conf/index/*.yaml)
-build s  train + add (towerrec.export.build_index), {threads} threads
+build s  train + add (towerrec.export.build_index), {plural(threads, 'thread')}
 B/vec    serialized index / n. IVF-PQ re-ranking rows show "compressed+full": the refine index keeps every
          full float32 vector ({args.dim * 4} B) next to the PQ codes. IVF-PQ rows without k_factor search the
          compressed index alone (the index that `refine: false` builds).
 p50/p99  single-query latency: one query per search call, FAISS limited to 1 thread, {nlat} queries;
-         1-thr q/s = {nlat} / their total time. batch q/s: all queries in one call, {threads} threads,
+         1-thr q/s = {nlat} / their total time. batch q/s: all queries in one call, {plural(threads, 'thread')},
          median of {args.batch_repeats}.
 goals    (a) approximate preset, recall@10 >= {GOAL_A['recall']} at p99 <= {GOAL_A['p99_ms']:g} ms;
-         (b) IVF-PQ, compressed part < {GOAL_B['bytes_per_vector']:g} B/vector, recall@10 >= {GOAL_B['recall']} after exact re-ranking.""")
+         (b) IVF-PQ, compressed part < {GOAL_B['bytes_per_vector']:g} B/vector, recall@10 >= {GOAL_B['recall']}
+             after exact re-ranking.""")
     summary = goal_summary(rows)
     for goal, best in summary.items():
         if not best:

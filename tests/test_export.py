@@ -282,8 +282,8 @@ def test_nlist_and_pq_rules():
     assert ivf.nlist_for(80) == 2  # at most N / 39
     assert ivf.resolve(10_000, 384) == "IVF256,Flat"  # 4 * sqrt(10000) = 400 > 10000 // 39 = 256
     pq = IndexConfig.from_any(preset("ivfpq"))
-    assert pq.resolve(1_000_000, 384) == "IVF4000,PQ48x8,RFlat"
-    assert pq.resolve(80, 16) == "IVF2,PQ2x6,RFlat"  # 2^6 <= 80 training vectors
+    assert pq.resolve(1_000_000, 384) == "IVF4000,PQ48x8np,RFlat"
+    assert pq.resolve(80, 16) == "IVF2,PQ2x6np,RFlat"  # 2^6 <= 80 training vectors
     with pytest.raises(ValueError, match="unknown index option"):
         IndexConfig.from_any({"factory": "Flat", "nprobe": 3})
     with pytest.raises(ValueError, match="unknown index search parameter"):
@@ -305,7 +305,7 @@ def test_index_presets_export_load_and_search(tmp_path, model, tokenizer, split,
         assert ivf.nlist == 2 and ivf.nprobe == 2  # nprobe clamped to nlist; set after loading
         assert info["trained_on"] == split.num_items
     if name == "ivfpq":
-        assert info["factory"] == "IDMap2,IVF2,PQ2x6,RFlat"
+        assert info["factory"] == "IDMap2,IVF2,PQ2x6np,RFlat"
         assert "IndexRefineFlat" in chain
         assert faiss.downcast_index(art.index.index).k_factor == cfg["search"]["k_factor"]
     # every item is its own nearest neighbour: exact for flat / IVF (all cells probed); for IVF-PQ once

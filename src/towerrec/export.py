@@ -130,6 +130,8 @@ class IndexConfig:
             raise ValueError(f"unknown index search parameter(s) {sorted(bad)}: use efSearch, nprobe or k_factor")
         if int(d.get("shards", 1)) < 1:
             raise ValueError(f"index.shards must be >= 1, got {d['shards']}")
+        if not d.get("refine", False):
+            d["search"].pop("k_factor", None)  # re-ranking depth means nothing without re-ranking
         return cls(**d)
 
     def to_dict(self) -> dict:
