@@ -33,6 +33,8 @@ class RetrievalModule(L.LightningModule):
         cache_chunk_size: int | None = None,  # GradCache: embed this many rows at a time
         item_counts: np.ndarray | None = None,
         ks: Sequence[int] = (5, 10, 20, 50),
+        beyond_k: int = 10,
+        tie_seed: int = 0,
         exclude_history: bool = True,
         encode_batch_size: int = 256,
         seed: int = 0,
@@ -156,8 +158,8 @@ class RetrievalModule(L.LightningModule):
 
         metrics = evaluation.evaluate(
             scorer, positions, item_emb.shape[0], item_counts=self.item_counts,
-            item_categories=dm.split.catalog.top_category(), ks=self.hparams.ks,
-            exclude_history=self.hparams.exclude_history,
+            item_categories=dm.split.catalog.top_category(), ks=self.hparams.ks, beyond_k=self.hparams.beyond_k,
+            tie_seed=self.hparams.tie_seed, exclude_history=self.hparams.exclude_history,
         )
         self._eval_outputs, self._item_emb = [], None
         self.eval_metrics[stage] = metrics

@@ -42,7 +42,8 @@ def evaluate_scorer(scorer, split: Split, eval_cfg: DictConfig, stages=("valid",
     """Harness metrics of one scorer on the valid and test examples, slash-prefixed."""
     metrics: dict[str, float] = {}
     counts, categories = split.item_counts(), split.catalog.top_category()
-    for stage, tag in zip(stages, ("val", "test") if stages[0] == "valid" else stages):
+    for stage in stages:
+        tag = "val" if stage == "valid" else stage
         m = evaluation.evaluate(scorer, split.examples(stage), split.num_items, item_counts=counts,
                                 item_categories=categories, ks=tuple(eval_cfg.ks), beyond_k=eval_cfg.beyond_k,
                                 exclude_history=eval_cfg.exclude_history, batch_size=eval_cfg.batch_size,
@@ -120,8 +121,8 @@ def build_module(cfg: DictConfig, model, item_counts: np.ndarray):
         temperature=loss_cfg.temperature, learn_temperature=loss_cfg.learn_temperature,
         log_q_correction=loss_cfg.log_q_correction, mask_accidental_hits=loss_cfg.mask_accidental_hits,
         memory_size=loss_cfg.memory_size, cache_chunk_size=loss_cfg.cache_chunk_size, item_counts=item_counts,
-        ks=tuple(int(k) for k in cfg.eval.ks), exclude_history=cfg.eval.exclude_history,
-        encode_batch_size=m.datamodule.eval_batch_size, seed=cfg.seed,
+        ks=tuple(int(k) for k in cfg.eval.ks), beyond_k=int(cfg.eval.beyond_k), tie_seed=int(cfg.eval.tie_seed),
+        exclude_history=cfg.eval.exclude_history, encode_batch_size=m.datamodule.eval_batch_size, seed=cfg.seed,
     )
 
 
