@@ -118,3 +118,26 @@ def tiny_encoder(corpus):
     """(encoder, tokenizer): a 2-layer, 16-dim random BERT with a tokenizer trained on `corpus`; seeded."""
     torch.manual_seed(0)
     return load_encoder({"random_init": dict(TINY_BERT)}, corpus=corpus)
+
+
+@pytest.fixture(scope="module")
+def one_thread_faiss():
+    """Torch and FAISS on one thread for the module: tiny models run faster and steadier that way."""
+    import faiss
+    import torch
+
+    threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(faiss_threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_split():
+    """A small synthetic world split leave-last-out (80 items, 60 users)."""
+    from towerrec.data import synthetic
+    from towerrec.data.splits import leave_last_out
+
+    return leave_last_out(synthetic.generate(num_items=80, num_users=60, max_len=8, user_id_secret="test-secret"))

@@ -17,8 +17,6 @@ from omegaconf import OmegaConf
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 
 from towerrec import export as ex
-from towerrec.data import synthetic
-from towerrec.data.splits import leave_last_out
 from towerrec.data.text import TextConfig, render_items
 from towerrec.encoders import load_encoder
 from towerrec.export import Artifact, ArtifactError, IndexConfig
@@ -32,19 +30,12 @@ TEXT = TextConfig(user_max_items=3, user_max_tokens=48)
 LENGTHS = dict(item_max_length=32, user_max_length=48)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(faiss_threads)
+pytestmark = pytest.mark.usefixtures("one_thread_faiss")
 
 
 @pytest.fixture(scope="module")
-def split():
-    return leave_last_out(synthetic.generate(num_items=80, num_users=60, max_len=8, user_id_secret="test-secret"))
+def split(tiny_split):
+    return tiny_split
 
 
 @pytest.fixture(scope="module")

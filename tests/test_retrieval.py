@@ -16,9 +16,7 @@ import pytest
 import torch
 
 from towerrec import export as ex
-from towerrec.data import synthetic
 from towerrec.data.datamodule import RetrievalDataModule
-from towerrec.data.splits import leave_last_out
 from towerrec.data.text import TextConfig, render_items
 from towerrec.encoders import load_encoder
 from towerrec.export import Artifact
@@ -33,19 +31,12 @@ TEXT = TextConfig(user_max_items=3, user_max_tokens=48)
 DM_ARGS = dict(batch_size=8, eval_batch_size=32, item_max_length=32, user_max_length=48, max_history=5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(faiss_threads)
+pytestmark = pytest.mark.usefixtures("one_thread_faiss")
 
 
 @pytest.fixture(scope="module")
-def split():
-    return leave_last_out(synthetic.generate(num_items=80, num_users=60, max_len=8, user_id_secret="test-secret"))
+def split(tiny_split):
+    return tiny_split
 
 
 @pytest.fixture(scope="module")
