@@ -32,7 +32,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
 import contextlib
-import json
 import logging
 import platform
 import statistics
@@ -43,7 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+import common  # noqa: E402  (bench/ is on sys.path when run as a script)
+from common import write_results  # noqa: E402
 PARITY_MIN_COSINE = 0.99
 log = logging.getLogger("encode_throughput")
 
@@ -82,16 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def compose_config(args: argparse.Namespace):
-    from hydra import compose, initialize_config_dir
-
-    overrides = [f"data={args.data}", f"paths.root_dir={REPO}"]
-    if (REPO / "conf" / "text" / f"{args.data}.yaml").is_file():
-        overrides.append(f"text={args.data}")
-    if args.data_path:
-        overrides.append(f"data.path={args.data_path}")
-    overrides += args.set
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    """The project's own Hydra config (defaults for text rendering, optimizer, scheduler, loss)."""
+    return common.compose_config(args.data, args.data_path, args.set)
 
 
 def autocast(precision: str):
@@ -293,10 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "checked_items": n_check, "ok": parity_ok,
                              "timed_min_cosine": float(cos_timed.min())},
     }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_results(args.out, result)
     if not parity_ok:
         raise SystemExit(1)
     return result

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -34,7 +33,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 PRESETS = ("flat", "hnsw", "ivf", "ivfpq")
 APPROXIMATE = ("hnsw", "ivf", "ivfpq")
 K = 10
@@ -483,10 +482,7 @@ goals    (a) approximate preset, recall@10 >= {GOAL_A['recall']} at p99 <= {GOAL
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "environment": env, "data": data, "rows": [dataclasses.asdict(r) for r in rows], "goals": summary,
               "elapsed_s": time.perf_counter() - T0}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_results(args.out, result)
     return result
 
 

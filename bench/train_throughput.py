@@ -32,7 +32,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import platform
@@ -46,7 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+import common  # noqa: E402  (bench/ is on sys.path when run as a script)
+from common import write_results  # noqa: E402
 log = logging.getLogger("train_throughput")
 
 
@@ -85,18 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def compose_config(args: argparse.Namespace):
     """The project's own Hydra config (defaults for text rendering, optimizer, scheduler, loss)."""
-    from hydra import compose, initialize_config_dir
-
-    overrides = [f"data={args.data}", f"paths.root_dir={REPO}"]
-    if (REPO / "conf" / "text" / f"{args.data}.yaml").is_file():
-        overrides.append(f"text={args.data}")
-    if args.data_path:
-        overrides.append(f"data.path={args.data_path}")
-    if args.encoder == "tiny":
-        overrides.append("model/encoder=tiny")
-    overrides += args.set
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return common.compose_config(args.data, args.data_path, ["model/encoder=tiny"] if args.encoder == "tiny" else [] + list(args.set))
 
 
 # ---- data: the same pairs and the same tokens on both sides -------------------------------------------
@@ -536,10 +525,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict:
         "token_parity": parity, "tokens_per_pair": tokens, "one_time_seconds": {"data": data_seconds, "ours_tokenize": tokenize_seconds},
         "methods": summary, "ratios": ratios, "runs": [{**dataclasses.asdict(r), "pairs_per_s": r.pairs_per_s} for r in runs],
     }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_results(args.out, result)
     return result
 
 
