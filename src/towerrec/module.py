@@ -36,7 +36,6 @@ class RetrievalModule(L.LightningModule):
         beyond_k: int = 10,
         tie_seed: int = 0,
         exclude_history: bool = True,
-        encode_batch_size: int = 256,
         seed: int = 0,
     ):
         super().__init__()

@@ -122,7 +122,7 @@ def build_module(cfg: DictConfig, model, item_counts: np.ndarray):
         log_q_correction=loss_cfg.log_q_correction, mask_accidental_hits=loss_cfg.mask_accidental_hits,
         memory_size=loss_cfg.memory_size, cache_chunk_size=loss_cfg.cache_chunk_size, item_counts=item_counts,
         ks=tuple(int(k) for k in cfg.eval.ks), beyond_k=int(cfg.eval.beyond_k), tie_seed=int(cfg.eval.tie_seed),
-        exclude_history=cfg.eval.exclude_history, encode_batch_size=m.datamodule.eval_batch_size, seed=cfg.seed,
+        exclude_history=cfg.eval.exclude_history, seed=cfg.seed,
     )
 
 
