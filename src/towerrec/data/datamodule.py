@@ -7,6 +7,7 @@ Validation/test batches carry one user each (history text) and are scored agains
 from __future__ import annotations
 
 import hashlib
+import os
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -168,7 +169,7 @@ class RetrievalDataModule(L.LightningDataModule):
         for s, toks in self.user_tokens.items():
             arrays[s] = _pack(toks)
         flat = {f"{k}_{part}": v for k, pair in arrays.items() for part, v in zip(("ids", "offsets"), pair)}
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # one per process: DDP ranks write at once
         np.savez(tmp, **flat)
         tmp.replace(path)
 
