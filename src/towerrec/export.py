@@ -64,6 +64,7 @@ ITEMS_FILE = "items.parquet"
 EMBEDDINGS_FILE = "item_embeddings.safetensors"
 POPULARITY_FILE = "popularity.safetensors"
 TEXT_FILE = "text.json"
+USERS_FILE = "users.parquet"  # pseudonymized user id -> item ids interacted with, oldest first (optional)
 TOWER_DIRS = {"user": "user_tower", "item": "item_tower"}
 TOWER_WEIGHTS, TOWER_META = "model.safetensors", "tower.json"
 ITEM_COLUMNS = ("row_id", "item_id", "title", "brand", "category", "price", "text", "history_text")
@@ -432,6 +433,22 @@ class Artifact:
         self.position_of_item = pd.Index(items["item_id"])  # item_id -> row position
         self._position_of_row = pd.Index(self.row_ids)
         self._towers: dict[str, Tower] = {}
+        self._users: dict[str, list[str]] | None = None
+
+    @property
+    def has_users(self) -> bool:
+        return USERS_FILE in self.manifest["files"]
+
+    def user_history(self, user_id: str) -> list[str] | None:
+        """Item ids a known (pseudonymized) user interacted with, oldest first; None for an unknown user.
+
+        Artifacts exported before users.parquet existed know no users (always None)."""
+        if self._users is None:
+            self._users = {}
+            if self.has_users:
+                table = pd.read_parquet(self.path / USERS_FILE)
+                self._users = {str(u): [str(i) for i in items] for u, items in zip(table["user_id"], table["items"])}
+        return self._users.get(str(user_id))
 
     @property
     def dim(self) -> int:
@@ -601,6 +618,7 @@ def export_artifact(
 
     def write(tmp: Path) -> dict:
         _write_tables(tmp, items, emb, split.item_counts().astype(np.int64))
+        _write_users(tmp, split)
         _write_parts(tmp, parts)
         _write_json(tmp / TEXT_FILE, _text_dict(text))
         save_tower(model.user_tower, tokenizer, tmp / TOWER_DIRS["user"], user_max_length)
@@ -639,6 +657,14 @@ def _write_tables(tmp: Path, items: pd.DataFrame, emb: np.ndarray, counts: np.nd
     save_numpy({"embeddings": np.ascontiguousarray(emb, dtype=np.float32),
                 "row_id": items["row_id"].to_numpy(dtype=np.int64)}, str(tmp / EMBEDDINGS_FILE))
     save_numpy({"counts": np.ascontiguousarray(counts, dtype=np.int64)}, str(tmp / POPULARITY_FILE))
+
+
+def _write_users(tmp: Path, split: Split) -> None:
+    """Known users' whole sequences (valid and test items included: serving knows everything that happened)."""
+    item_ids = np.asarray(split.catalog.item_ids, dtype=object)
+    table = pd.DataFrame({"user_id": [str(u) for u in split.users],
+                          "items": [[str(i) for i in item_ids[seq]] for seq in split.sequences]})
+    table.to_parquet(tmp / USERS_FILE, index=False)
 
 
 def _write_parts(tmp: Path, parts: list[faiss.Index]) -> None:
