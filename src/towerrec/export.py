@@ -439,16 +439,21 @@ class Artifact:
     def has_users(self) -> bool:
         return USERS_FILE in self.manifest["files"]
 
-    def user_history(self, user_id: str) -> list[str] | None:
-        """Item ids a known (pseudonymized) user interacted with, oldest first; None for an unknown user.
+    @property
+    def users(self) -> dict[str, list[str]]:
+        """Known (pseudonymized) user id -> item ids, oldest first; read from users.parquet on first use.
 
-        Artifacts exported before users.parquet existed know no users (always None)."""
+        Artifacts exported before users.parquet existed know no users (empty)."""
         if self._users is None:
             self._users = {}
             if self.has_users:
                 table = pd.read_parquet(self.path / USERS_FILE)
                 self._users = {str(u): [str(i) for i in items] for u, items in zip(table["user_id"], table["items"])}
-        return self._users.get(str(user_id))
+        return self._users
+
+    def user_history(self, user_id: str) -> list[str] | None:
+        """Item ids a known user interacted with, oldest first; None for an unknown user."""
+        return self.users.get(str(user_id))
 
     @property
     def dim(self) -> int:

@@ -163,6 +163,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("stage", "train") == "export":
         return export_only(cfg)
+    if cfg.get("stage", "train") == "rerank":  # LoRA fine-tune + evaluate the LM reranker (artifact=PATH)
+        from towerrec.rerank.finetune import run_finetune
+
+        return run_finetune(cfg)
     split = load_split(cfg.data)
     loggers = instantiate_loggers(cfg)
     start = time.perf_counter()
@@ -190,6 +194,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         if "Wandb" in type(lg).__name__:
             log_wandb_artifact(lg, metrics_path)
         lg.finalize("success")
+    if cfg.get("plots", True):  # PNGs in RUN_DIR/figures (towerrec.plots); after finalize: the CSV log is complete
+        from towerrec.plots import save_figures_after_training
+
+        save_figures_after_training(cfg, run_dir, split, objects)
     print(f"\n{split.name} / {cfg.model.kind}  ({run_dir})\n" + evaluation.format_table(metrics))
     return metrics, objects
 

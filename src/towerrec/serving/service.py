@@ -1,0 +1,469 @@
+"""What the service does, without HTTP: recommend, similar items, product copy, item lookup, reload.
+
+A recommendation, step by step:
+1. The user: a known user's stored history (`Artifact.user_history`), then the request's history appended
+   (oldest first), then the optional query as the newest "item" (the Retriever's user text). History ids the
+   artifact does not know (e.g. removed products) are ignored and listed in `notes`.
+2. Filters become one boolean mask over the catalog: category prefix (`Retriever.category_mask`, asked only
+   for category paths that exist, so arbitrary strings cannot grow its cache) and price range (unknown prices
+   are left out when a bound is given). Seen items are excluded by row id.
+3. No usable history and no query: the most popular products that pass the filters (`served_by=popularity`).
+   Otherwise the user vector (cached by its exact user text, which fully determines it; on a miss computed
+   in a batch shared with concurrent requests, `batching.EmbeddingBatcher`) is searched: `Retriever.search` for category-only filters; with a price range, exact scoring over the
+   mask when it is selective, else over-fetching from the index with a fallback to exact scoring.
+4. `rerank`: the top `candidates` go to the LM reranker under its time budget (`BudgetedStage`); if it is
+   late, busy, failing or disabled the retrieval order is returned, `served_by=degraded`, with the reason.
+5. `explain`: grounded explanations for the first `max_items` items under their own budget; an explanation
+   whose text failed the faithfulness check is returned with `text=None`, never as fact.
+
+Errors are typed (`NotFound` -> 404, `NotReady` / `Unavailable` -> 503, `InvalidField` -> 422) and the HTTP
+layer maps them; anything else is a bug (500).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from towerrec.serving.batching import EmbeddingBatcher
+from towerrec.serving.components import BudgetedStage, LMComponents, StageResult, resolve
+from towerrec.serving.config import ServeConfig
+from towerrec.serving.metrics import Metrics
+from towerrec.serving.state import ServiceState, StateHolder, category_key
+
+log = logging.getLogger(__name__)
+
+MAX_NOTED_IDS = 5
+
+
+class NotFound(LookupError):
+    """An unknown user or item id (404)."""
+
+
+class NotReady(RuntimeError):
+    """No artifact loaded yet, or the configured models are still loading (503)."""
+
+
+class Unavailable(RuntimeError):
+    """A stage the request needs is disabled, busy or over its budget (503)."""
+
+
+class InvalidField(ValueError):
+    """A request value that passed the schema but cannot be served (422 naming the field)."""
+
+    def __init__(self, loc: Sequence[str], msg: str):
+        super().__init__(msg)
+        self.loc, self.msg = tuple(loc), msg
+
+
+class RecommendationService:
+    """The service's logic over a StateHolder, with optional LM components."""
+
+    def __init__(self, cfg: ServeConfig, metrics: Metrics | None = None, components: LMComponents | None = None):
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.holder = StateHolder(cfg.artifacts, cfg.user_cache_size, prepare=self._prepare,
+                                  precompute_users=cfg.precompute_user_vectors)
+        self.components = components
+        self.component_status = self._initial_component_status(components)
+        self.batcher = None
+        if cfg.embed_batch_size > 1:
+            self.batcher = EmbeddingBatcher(cfg.embed_batch_size, cfg.embed_batch_wait_ms,
+                                            on_batch=self.metrics.embed_batch.observe)
+        self.rerank_stage = BudgetedStage("rerank", cfg.rerank.max_concurrent)
+        self.explain_stage = BudgetedStage("explain", cfg.explain.max_concurrent)
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+    def _initial_component_status(self, components: LMComponents | None) -> dict[str, str]:
+        status = {}
+        for name, stage in (("reranker", self.cfg.rerank), ("explainer", self.cfg.explain)):
+            if not stage.enabled:
+                status[name] = "disabled"
+            elif components is not None:
+                present = components.reranker if name == "reranker" else components.make_explainer
+                status[name] = "loaded" if present is not None else "failed: not provided"
+            else:
+                status[name] = "loading"
+        return status
+
+    def load(self) -> None:
+        """Load the LM components (when configured and not given: the first state's explainer needs them), then
+        the artifact. Raises on failure."""
+        cfg = self.cfg
+        if self.components is None and cfg.lm_needed:
+            try:
+                self.components = resolve(cfg.lm_factory)(cfg)
+            except Exception as e:
+                for name, stage in (("reranker", cfg.rerank), ("explainer", cfg.explain)):
+                    if stage.enabled:
+                        self.component_status[name] = f"failed: {type(e).__name__}: {e}"
+                self.metrics.ready.set(0)
+                raise
+            self.component_status = self._initial_component_status(self.components)
+        state = self.holder.load_initial()
+        self._adopt(state)
+
+    def start(self, on_failure: Callable[[BaseException], None] | None = None) -> threading.Thread:
+        """Load in a background thread (the server answers /healthz and /readyz meanwhile)."""
+
+        def run():
+            try:
+                self.load()
+            except BaseException as e:
+                log.exception("loading failed: %s", e)
+                if self.holder.error is None:
+                    self.holder.error = f"{type(e).__name__}: {e}"
+                if on_failure is not None:
+                    on_failure(e)
+
+        thread = threading.Thread(target=run, name="towerrec-load", daemon=True)
+        thread.start()
+        return thread
+
+    def _prepare(self, state: ServiceState) -> None:
+        """Build a loaded state's explainer (its vocabulary is the artifact's catalog) before it is served."""
+        if self.components is not None and self.components.make_explainer is not None:
+            state.explainer = self.components.make_explainer(state.artifact.items)
+
+    def _adopt(self, state: ServiceState) -> None:
+        self.metrics.set_artifact(state.version, state.num_items)
+        self.metrics.ready.set(1 if self.ready else 0)
+
+    @property
+    def ready(self) -> bool:
+        return self.holder.current is not None and all(
+            s in ("loaded", "disabled") for s in self.component_status.values())
+
+    def readiness(self) -> dict:
+        state = self.holder.current
+        error = self.holder.error or next((s for s in self.component_status.values() if s.startswith("failed")),
+                                          None)
+        return {"ready": self.ready, "artifact": state.info() if state else None,
+                "components": dict(self.component_status), "error": error}
+
+    def reload(self, path: str | None = None) -> dict:
+        """Load `path` (default: the served directory) fully, then swap it in; raises ReloadInProgress, or the
+        load error (the served artifact stays)."""
+        previous = self.holder.current
+        start = time.perf_counter()
+        try:
+            state = self.holder.reload(path, blocking=False)
+        except Exception:
+            self.metrics.reloads.labels(outcome="failed").inc()
+            raise
+        self._adopt(state)
+        self.metrics.reloads.labels(outcome="ok").inc()
+        seconds = time.perf_counter() - start
+        log.info("reloaded: %s -> %s in %.1f s", previous.version if previous else None, state.version, seconds)
+        return {"previous": previous.version if previous else None, "artifact": state.info(), "seconds": seconds}
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        self.rerank_stage.shutdown()
+        self.explain_stage.shutdown()
+
+    def _state(self) -> ServiceState:
+        state = self.holder.current
+        if state is None or not self.ready:
+            raise NotReady(self.holder.error and f"the service failed to load: {self.holder.error}"
+                           or "the service is still loading its artifact and models")
+        return state
+
+    # ---- users and filters -------------------------------------------------------------------------------
+    def _history(self, state: ServiceState, user_id: str | None, history: Sequence[str],
+                 notes: list[str]) -> np.ndarray:
+        """Table positions of the user's history, oldest first (stored history, then the request's)."""
+        ids: list[str] = []
+        if user_id is not None:
+            stored = state.artifact.user_history(user_id)
+            if stored is None:
+                raise NotFound(f"unknown user id {user_id!r}: not a user of the served artifact "
+                               f"(send a history of item ids instead)")
+            ids.extend(stored)
+        ids.extend(history)
+        if not ids:
+            return np.zeros(0, dtype=np.int64)
+        pos = state.positions(ids)
+        unknown = [i for i, p in zip(ids, pos) if p < 0]
+        if unknown:
+            shown = ", ".join(repr(u) for u in list(dict.fromkeys(unknown))[:MAX_NOTED_IDS])
+            notes.append(f"{len(unknown)} history item id(s) unknown to the artifact were ignored: {shown}")
+        return pos[pos >= 0].astype(np.int64)
+
+    def _allowed(self, state: ServiceState, filters, notes: list[str]) -> tuple[np.ndarray | None, str | None]:
+        """(mask of products passing category and price filters or None for all, the category for
+        Retriever.search when the category is the only filter)."""
+        category = filters.category if filters.category and filters.category.strip() else None
+        priced = filters.price_min is not None or filters.price_max is not None
+        if priced and filters.price_min is not None and filters.price_max is not None \
+                and filters.price_min > filters.price_max:
+            notes.append(f"filters.price_min ({filters.price_min:g}) is above filters.price_max "
+                         f"({filters.price_max:g}): no product can match")
+            return np.zeros(state.num_items, dtype=bool), None
+        mask = None
+        if category is not None:
+            if category_key(category) not in state.categories:
+                return np.zeros(state.num_items, dtype=bool), None  # no product has this category
+            if not priced:
+                return None, category
+            mask = state.retriever.category_mask(category)
+        if priced:
+            lo = -math.inf if filters.price_min is None else filters.price_min
+            hi = math.inf if filters.price_max is None else filters.price_max
+            with np.errstate(invalid="ignore"):
+                price_ok = (state.prices >= lo) & (state.prices <= hi)  # NaN (unknown) compares False
+            mask = price_ok if mask is None else mask & price_ok
+        return mask, None
+
+    def _user_vector(self, state: ServiceState, positions: np.ndarray, query: str | None) -> np.ndarray:
+        text = state.retriever.user_text(positions, query)
+        vec = state.user_vectors.get(text)
+        if vec is None:
+            self.metrics.user_cache.labels(result="miss").inc()
+            with self.metrics.time_stage("embed"):  # waiting for the batch included
+                if self.batcher is not None:
+                    vec = self.batcher.embed(state.retriever, text)  # (D,)
+                else:
+                    vec = state.retriever.embed_texts([text])[0]  # (D,)
+            state.user_vectors.put(text, vec)
+        else:
+            self.metrics.user_cache.labels(result="hit").inc()
+        return vec
+
+    # ---- search ------------------------------------------------------------------------------------------
+    def _search(self, state: ServiceState, vec: np.ndarray, k: int, exclude_rows: set[int],
+                mask: np.ndarray | None, category: str | None) -> list[tuple[int, float]]:
+        """Top-k (table position, cosine) passing the filters, best first."""
+        with self.metrics.time_stage("search"):
+            if mask is None:
+                hits = state.retriever.search(vec[None], k, [exclude_rows], category)[0]
+                return list(zip(state.positions_of_rows([h[0] for h in hits]).tolist(), [h[1] for h in hits]))
+            return masked_search(state, vec, k, exclude_rows, mask)
+
+    def _popular(self, state: ServiceState, k: int, exclude_pos: np.ndarray,
+                 mask: np.ndarray | None) -> list[tuple[int, float]]:
+        order = state.popularity_order
+        keep = np.ones(state.num_items, dtype=bool) if mask is None else mask.copy()
+        keep[exclude_pos] = False
+        top = order[keep[order]][:k]
+        return [(int(p), float(state.popularity[p])) for p in top]
+
+    def _items(self, state: ServiceState, hits: list[tuple[int, float]], retrieval: bool) -> list[dict]:
+        return [{**state.shown[p], "score": s, "retrieval_score": s if retrieval else None, "lm_score": None,
+                 "explanation": None, "_position": p} for p, s in hits]
+
+    def _lm_history(self, state: ServiceState, positions: np.ndarray) -> list[dict]:
+        """The shopper's most recent items (oldest first) as the LM stages read them."""
+        n = max(1, state.artifact.text.user_max_items)
+        return [state.shown[p] for p in positions[-n:]]
+
+    # ---- endpoints ---------------------------------------------------------------------------------------
+    def recommend(self, req) -> dict:
+        state = self._state()
+        notes: list[str] = []
+        positions = self._history(state, req.user_id, req.history, notes)
+        query = req.query if req.query and req.query.strip() else None
+        mask, category = self._allowed(state, req.filters, notes)
+        exclude_pos = positions if req.filters.exclude_seen else np.zeros(0, dtype=np.int64)
+        degraded = False
+        if len(positions) == 0 and query is None:
+            served_by = "popularity"
+            if category is not None:  # a category-only filter: Retriever.search would apply it, here the mask does
+                mask = state.retriever.category_mask(category)
+            items = self._items(state, self._popular(state, req.k, exclude_pos, mask), retrieval=False)
+            if req.rerank:
+                notes.append("rerank skipped: no history and no query to rerank for (popularity)")
+        else:
+            served_by = "retrieval"
+            fetch = max(req.k, self._rerank_candidates()) if req.rerank else req.k
+            vec = self._user_vector(state, positions, query)
+            exclude_rows = set(state.row_ids[exclude_pos].tolist())
+            items = self._items(state, self._search(state, vec, fetch, exclude_rows, mask, category), retrieval=True)
+            if req.rerank:
+                reranked, reason = self._rerank(state, positions, items, query)
+                if reranked is not None:
+                    items, served_by = reranked, "rerank"
+                else:
+                    served_by, degraded = "degraded", True
+                    notes.append(_fallback_note("rerank", reason, self.cfg.rerank.budget_ms))
+            items = items[: req.k]
+        if req.explain and items:
+            reason = self._explain(state, positions, items)
+            if reason is not None:
+                degraded = True
+                notes.append(_fallback_note("explain", reason, self.cfg.explain.budget_ms))
+        self.metrics.served.labels(served_by=served_by).inc()
+        for item in items:
+            item.pop("_position", None)
+        return {"items": items, "served_by": served_by, "degraded": degraded, "notes": notes,
+                "artifact": state.version}
+
+    def _rerank(self, state: ServiceState, positions: np.ndarray, items: list[dict],
+                query: str | None) -> tuple[list[dict] | None, str | None]:
+        """(items in the LM's order with its scores, None) or (None, why the retrieval order stands)."""
+        reranker = self.components.reranker if self.components and self.cfg.rerank.enabled else None
+        if reranker is None:
+            self.metrics.fallbacks.labels(stage="rerank", reason="disabled").inc()
+            return None, "disabled"
+        if not items:
+            return items, None
+        history = self._lm_history(state, positions)
+        candidates = [{k: v for k, v in it.items() if k not in ("explanation", "_position")} for it in items]
+        result = self.rerank_stage.run(lambda: reranker.rerank(history, candidates, query=query),
+                                       self.cfg.rerank.budget_ms / 1000)
+        self._record_stage("rerank", result)
+        if not result.ok:
+            return None, result.reason
+        by_id = {it["item_id"]: it for it in items}
+        out = []
+        for c in result.value:  # best first; candidates beyond the LM's top_n follow with no LM score
+            item = by_id.pop(c.get("item_id"), None)
+            if item is None:
+                break
+            fused, lm = c.get("fused_score"), c.get("lm_score")
+            out.append({**item, "score": item["score"] if fused is None else float(fused),
+                        "lm_score": None if lm is None else float(lm)})
+        if by_id or len(out) != len(items):
+            log.warning("the reranker returned candidates other than those it was given: rerank ignored")
+            self.metrics.fallbacks.labels(stage="rerank", reason="error").inc()
+            return None, "error"
+        return out, None
+
+    def _rerank_candidates(self) -> int:
+        """Retrieval candidates handed to the LM: service.rerank.candidates, else the reranker's top_n."""
+        if self.cfg.rerank.candidates is not None:
+            return self.cfg.rerank.candidates
+        reranker = self.components.reranker if self.components else None
+        return int(getattr(getattr(reranker, "settings", None), "top_n", 20))
+
+    def _explain(self, state: ServiceState, positions: np.ndarray, items: list[dict]) -> str | None:
+        """Attach explanations to the first `max_items` items; the reason when they could not be made."""
+        explainer = state.explainer
+        if explainer is None:
+            self.metrics.fallbacks.labels(stage="explain", reason="disabled").inc()
+            return "disabled"
+        targets = items[: self.cfg.explain.max_items]
+        history = self._lm_history(state, positions)
+        shown = [state.shown[it["_position"]] for it in targets]
+
+        def run():
+            if hasattr(explainer, "explain_many"):
+                return explainer.explain_many(history, shown)
+            return [explainer.explain(history, s) for s in shown]
+
+        result = self.explain_stage.run(run, self.cfg.explain.budget_ms / 1000)
+        self._record_stage("explain", result)
+        if not result.ok:
+            return result.reason
+        for item, e in zip(targets, result.value):
+            item["explanation"] = explanation_dict(e)
+        return None
+
+    def _record_stage(self, stage: str, result: StageResult) -> None:
+        if result.ok:
+            self.metrics.stage_latency.labels(stage=stage).observe(result.seconds)
+        else:
+            self.metrics.fallbacks.labels(stage=stage, reason=result.reason).inc()
+
+    def similar_items(self, req) -> dict:
+        state = self._state()
+        pos = state.position(req.item_id)
+        if pos < 0:
+            raise NotFound(f"unknown item id {req.item_id!r}: not in the served artifact")
+        notes: list[str] = []
+        mask, category = self._allowed(state, req.filters, notes)
+        vec = state.artifact.embeddings[pos]  # (D,) the product tower's vector: no user tower involved
+        hits = self._search(state, vec, req.k, {int(state.row_ids[pos])}, mask, category)
+        items = self._items(state, hits, retrieval=True)
+        for item in items:
+            item.pop("_position", None)
+        return {"item_id": req.item_id, "items": items, "notes": notes, "artifact": state.version}
+
+    def describe(self, req) -> dict:
+        state = self._state()
+        pos = state.position(req.item_id)
+        if pos < 0:
+            raise NotFound(f"unknown item id {req.item_id!r}: not in the served artifact")
+        positions = self._history(state, req.user_id, req.history, [])
+        explainer = state.explainer
+        if explainer is None:
+            raise Unavailable("product copy needs the LM: start the service with service.explain.enabled=true")
+        history = self._lm_history(state, positions) if len(positions) else []
+        item = state.shown[pos]
+        result = self.explain_stage.run(lambda: explainer.describe(history, item),
+                                        self.cfg.explain.describe_budget_ms / 1000, wait_for_slot=True)
+        self._record_stage("describe", result)
+        if not result.ok:
+            raise Unavailable(_fallback_note("describe", result.reason, self.cfg.explain.describe_budget_ms))
+        e = explanation_dict(result.value)
+        return {"item_id": req.item_id, "text": e["text"], "grounded": e["grounded"], "refused": e["text"] is None,
+                "attempts": e["attempts"], "artifact": state.version}
+
+    def item(self, item_id: str) -> dict:
+        state = self._state()
+        pos = state.position(item_id)
+        if pos < 0:
+            raise NotFound(f"unknown item id {item_id!r}: not in the served artifact")
+        return {**state.shown[pos], "popularity": int(state.popularity[pos]), "text": state.texts[pos],
+                "artifact": state.version}
+
+
+def explanation_dict(e) -> dict:
+    """An Explanation as the API shows it: its text only when it passed the faithfulness check."""
+    grounded = bool(getattr(e, "grounded", False))
+    text = getattr(e, "text", None)
+    return {"text": text if grounded and text else None, "grounded": grounded,
+            "attempts": int(getattr(e, "attempts", 0) or 0)}
+
+
+def _fallback_note(stage: str, reason: str | None, budget_ms: float) -> str:
+    why = {"timeout": f"it exceeded its {budget_ms:g} ms budget", "busy": "the LM was busy with other requests",
+           "error": "it failed (see the service log)", "disabled": "the LM is not enabled on this service"}
+    consequence = {"rerank": "retrieval order returned", "explain": "items returned without explanations",
+                   "describe": "no product copy"}
+    return f"{stage} skipped: {why.get(reason, reason)}; {consequence[stage]}"
+
+
+def masked_search(state: ServiceState, vec: np.ndarray, k: int, exclude_rows: set[int],
+                  mask: np.ndarray) -> list[tuple[int, float]]:
+    """Top-k (table position, cosine) among products where `mask` (N,) holds, leaving out `exclude_rows`.
+
+    A selective mask is scored exactly over its products; otherwise the index is over-fetched (k + |exclude|,
+    scaled by the mask's selectivity, doubling) and scored exactly when it cannot supply k (approximate
+    indexes). Mirrors `Retriever.search`, whose category filter is the special case mask = category mask."""
+    r, n = state.retriever, state.num_items
+    n_allowed = int(mask.sum())
+    if n_allowed == 0:
+        return []
+    if n_allowed <= max(r.exact_filter_max, r.exact_filter_fraction * n):
+        return _exact(state, vec, k, exclude_rows, mask)
+    fetch = min(n, math.ceil((k + len(exclude_rows)) * n / n_allowed))
+    q = np.ascontiguousarray(vec[None], dtype=np.float32)  # (1, D)
+    while True:
+        scores, labels = state.artifact.index.search(q, fetch)  # (1, fetch) each
+        found = labels[0][labels[0] >= 0]
+        pos = state.positions_of_rows(found)
+        hits = [(int(p), float(s)) for p, s, row in zip(pos, scores[0][: len(found)], found.tolist())
+                if p >= 0 and mask[p] and row not in exclude_rows]
+        if len(hits) >= k:
+            return hits[:k]
+        if fetch >= n:  # the index gave all it has (an approximate one may miss some): score exactly
+            return _exact(state, vec, k, exclude_rows, mask)
+        fetch = min(n, fetch * 2)
+
+
+def _exact(state: ServiceState, vec: np.ndarray, k: int, exclude_rows: set[int],
+           mask: np.ndarray) -> list[tuple[int, float]]:
+    keep = mask.copy()
+    if exclude_rows:
+        keep[state.positions_of_rows(sorted(exclude_rows))] = False
+    cand = np.flatnonzero(keep)  # (C,)
+    scores = state.artifact.embeddings[cand] @ vec  # (C,)
+    top = np.argsort(-scores, kind="stable")[:k]
+    return [(int(cand[t]), float(scores[t])) for t in top]

@@ -1,0 +1,692 @@
+"""The recommendation service (towerrec.serving, serve.py) through a REAL uvicorn server on an ephemeral port:
+every endpoint, the error paths (422 naming the field, 404, 413, 503), the popularity cold start, filters,
+the LM stages with test doubles (a fast deterministic reranker; a deliberately slow one to exercise the
+time-budget fallback; explainers whose output is or is not grounded), metrics, and the atomic reload (token,
+swap under load, a corrupt artifact refused, SIGHUP to `python serve.py`). A tiny random-init artifact."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from serve_helpers import (FailingReranker, InventingExplainer, ReverseReranker, ServerThread, SlowReranker, Switch,
+                           TitleExplainer, export_tiny_artifact)
+from towerrec import export as ex
+from towerrec.export import Artifact
+from towerrec.retrieval import Retriever
+from towerrec.serving import LMComponents, ServeConfig, StageSettings, create_app
+from towerrec.serving.components import BudgetedStage
+from towerrec.serving.service import masked_search
+from towerrec.serving.state import LRUCache, ServiceState, category_prefixes
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "test-token-123"
+LIMITS = dict(max_k=50, max_history=20, max_text_chars=200, max_body_bytes=4096)
+
+pytestmark = pytest.mark.usefixtures("one_thread_faiss")
+
+
+def make_cfg(path, **overrides) -> ServeConfig:
+    """Test settings; the LM stages are off unless a test turns them on (and passes its doubles)."""
+    base = dict(artifacts=str(path), reload_token=TOKEN, worker_threads=4, **LIMITS)
+    return ServeConfig(**{**base, **overrides})
+
+
+LM_ON = dict(rerank=StageSettings(enabled=True, candidates=10, budget_ms=500),
+             explain=StageSettings(enabled=True, budget_ms=2000, max_items=2))
+
+
+@pytest.fixture(scope="module")
+def artifact_dir(tiny_split, tmp_path_factory) -> Path:
+    return export_tiny_artifact(tmp_path_factory.mktemp("serve") / "artifact", tiny_split)
+
+
+@pytest.fixture(scope="module")
+def artifact(artifact_dir) -> Artifact:
+    return Artifact.load(artifact_dir)
+
+
+@pytest.fixture(scope="module")
+def retriever(artifact) -> Retriever:
+    return Retriever(artifact)
+
+
+@pytest.fixture(scope="module")
+def doubles():
+    return {"reranker": Switch(ReverseReranker()), "explainer": Switch(TitleExplainer())}
+
+
+@pytest.fixture(scope="module")
+def server(artifact_dir, doubles):
+    components = LMComponents(reranker=doubles["reranker"], make_explainer=lambda items: doubles["explainer"])
+    with ServerThread(create_app(make_cfg(artifact_dir, **LM_ON), components=components)) as srv:
+        srv.wait_ready()
+        srv.client = httpx.Client(base_url=srv.url, timeout=30)
+        yield srv
+        srv.client.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset_doubles(doubles):
+    yield
+    for d in doubles.values():
+        d.reset()
+
+
+def user_history(artifact, i: int = 0) -> tuple[str, list[str]]:
+    """The i-th known user with at least 3 items: (user id, history item ids)."""
+    users = pd.read_parquet(artifact.path / ex.USERS_FILE)
+    users = users[users["items"].map(len) >= 3].reset_index(drop=True)
+    return str(users.loc[i, "user_id"]), [str(x) for x in users.loc[i, "items"]]
+
+
+def ids(response_items) -> list[str]:
+    return [it["item_id"] for it in response_items]
+
+
+def post(server, path, body, **kwargs) -> httpx.Response:
+    return server.client.post(path, json=body, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ health, schema
+
+
+def test_health_readiness_and_openapi(server, artifact):
+    assert server.client.get("/healthz").json() == {"status": "ok"}
+    ready = server.client.get("/readyz").json()
+    assert ready["ready"] is True and ready["error"] is None
+    assert ready["components"] == {"reranker": "loaded", "explainer": "loaded"}
+    assert ready["artifact"]["num_items"] == artifact.num_items and ready["artifact"]["known_users"] > 0
+    schema = server.client.get("/openapi.json").json()
+    assert {"/recommend", "/similar-items", "/describe", "/items/{item_id}", "/healthz", "/readyz", "/metrics",
+            "/admin/reload"} <= set(schema["paths"])
+    k = schema["components"]["schemas"]["RecommendRequest"]["properties"]["k"]
+    assert (k["minimum"], k["maximum"]) == (1, LIMITS["max_k"])  # the configured bound is the published one
+
+
+# ------------------------------------------------------------------------------------------ recommend
+
+
+def test_history_request_returns_what_the_retriever_returns(server, artifact, retriever):
+    _, history = user_history(artifact, 0)
+    body = post(server, "/recommend", {"history": history, "k": 7}).json()
+    expected = retriever.recommend(history, k=7)
+    assert body["served_by"] == "retrieval" and body["degraded"] is False and body["notes"] == []
+    assert ids(body["items"]) == [e["item_id"] for e in expected]
+    np.testing.assert_allclose([it["score"] for it in body["items"]], [e["score"] for e in expected], atol=1e-5)
+    assert not set(ids(body["items"])) & set(history)  # seen items left out by default
+    first, row = body["items"][0], artifact.items.set_index("item_id").loc[body["items"][0]["item_id"]]
+    assert (first["title"], first["retrieval_score"], first["lm_score"]) == (row["title"], first["score"], None)
+    assert body["artifact"] == server.client.get("/readyz").json()["artifact"]["version"]
+
+
+def test_known_user_is_served_from_the_stored_history(server, artifact):
+    user_id, history = user_history(artifact, 1)
+    by_id = post(server, "/recommend", {"user_id": user_id, "k": 5}).json()
+    by_history = post(server, "/recommend", {"history": history, "k": 5}).json()
+    assert ids(by_id["items"]) == ids(by_history["items"]) and by_id["served_by"] == "retrieval"
+    extra = artifact.items["item_id"].iloc[0]  # a session click is appended to the stored history
+    combined = post(server, "/recommend", {"user_id": user_id, "history": [extra], "k": 5}).json()
+    assert ids(combined["items"]) == ids(post(server, "/recommend", {"history": history + [extra], "k": 5})
+                                         .json()["items"])
+
+
+def test_precomputed_user_vectors_serve_known_users_from_the_cache(artifact_dir, artifact):
+    with ServerThread(create_app(make_cfg(artifact_dir, precompute_user_vectors=True))) as srv:
+        srv.wait_ready()
+        user_id, history = user_history(artifact, 3)
+        body = httpx.post(srv.url + "/recommend", json={"user_id": user_id, "k": 5}).json()
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert 'towerrec_user_vector_cache_total{result="hit"} 1.0' in metrics
+        assert "towerrec_user_vector_cache_total{result=\"miss\"}" not in metrics
+    with ServerThread(create_app(make_cfg(artifact_dir))) as srv:  # the same answer computed on request
+        srv.wait_ready()
+        fresh = httpx.post(srv.url + "/recommend", json={"user_id": user_id, "k": 5}).json()["items"]
+    assert ids(fresh) == ids(body["items"])  # batched vs single embedding: equal up to float rounding
+    np.testing.assert_allclose([it["score"] for it in fresh], [it["score"] for it in body["items"]], atol=1e-5)
+
+
+def test_query_alone_and_personalized_search(server, artifact, retriever):
+    _, history = user_history(artifact, 2)
+    query = artifact.items["title"].iloc[3]
+    alone = post(server, "/recommend", {"query": query, "k": 5}).json()
+    assert alone["served_by"] == "retrieval"
+    assert ids(alone["items"]) == [e["item_id"] for e in retriever.recommend([], k=5, text=query)]
+    both = post(server, "/recommend", {"history": history, "query": query, "k": 5}).json()
+    assert ids(both["items"]) == [e["item_id"] for e in retriever.recommend(history, k=5, text=query)]
+
+
+def test_unknown_history_items_are_ignored_and_noted(server, artifact):
+    _, history = user_history(artifact, 0)
+    body = post(server, "/recommend", {"history": history + ["no-such-item"], "k": 5}).json()
+    assert ids(body["items"]) == ids(post(server, "/recommend", {"history": history, "k": 5}).json()["items"])
+    assert len(body["notes"]) == 1 and "'no-such-item'" in body["notes"][0]
+    only_unknown = post(server, "/recommend", {"history": ["no-such-item"], "k": 3}).json()
+    assert only_unknown["served_by"] == "popularity"  # nothing usable left: cold start
+
+
+def test_cold_start_is_popularity_flagged(server, artifact):
+    body = post(server, "/recommend", {"k": 6, "rerank": True}).json()
+    assert body["served_by"] == "popularity" and body["degraded"] is False
+    assert any("rerank skipped" in n for n in body["notes"])
+    order = np.argsort(-artifact.popularity, kind="stable")[:6]
+    assert ids(body["items"]) == artifact.items["item_id"].iloc[order].tolist()
+    assert [it["score"] for it in body["items"]] == [float(c) for c in artifact.popularity[order]]
+    assert all(it["retrieval_score"] is None for it in body["items"])
+    category = artifact.items["category"].iloc[order[-1]].split(" > ")[0]
+    for filters in ({"category": category}, {"category": category, "price_max": 1e9}):
+        filtered = post(server, "/recommend", {"k": 4, "filters": filters}).json()
+        assert filtered["served_by"] == "popularity" and len(filtered["items"]) == 4
+        assert all(it["category"].startswith(category) for it in filtered["items"]), filters
+
+
+# ------------------------------------------------------------------------------------------ filters
+
+
+def brute_force(artifact, retriever, history, k, allowed=None, exclude_seen=True) -> list[str]:
+    vec = retriever.embed_user(history)
+    scores = artifact.embeddings @ vec
+    keep = np.ones(artifact.num_items, dtype=bool) if allowed is None else allowed.copy()
+    if exclude_seen:
+        keep[artifact.position_of_item.get_indexer(history)] = False
+    cand = np.flatnonzero(keep)
+    return artifact.items["item_id"].iloc[cand[np.argsort(-scores[cand], kind="stable")[:k]]].tolist()
+
+
+def test_category_price_and_seen_filters(server, artifact, retriever):
+    _, history = user_history(artifact, 0)
+    category = artifact.items["category"].iloc[0].split(" > ")[0]
+    body = post(server, "/recommend", {"history": history, "k": 5, "filters": {"category": category}}).json()
+    assert body["items"] and all(it["category"].startswith(category) for it in body["items"])
+    assert ids(body["items"]) == [e["item_id"] for e in retriever.recommend(history, k=5, category=category)]
+
+    prices = artifact.items["price"].to_numpy()
+    lo, hi = np.nanpercentile(prices, [25, 60])
+    body = post(server, "/recommend", {"history": history, "k": 6, "filters": {"price_min": lo,
+                                                                                "price_max": hi}}).json()
+    assert all(lo <= it["price"] <= hi for it in body["items"])
+    with np.errstate(invalid="ignore"):
+        allowed = (prices >= lo) & (prices <= hi)
+    assert ids(body["items"]) == brute_force(artifact, retriever, history, 6, allowed)
+
+    with_seen = post(server, "/recommend", {"history": history, "k": 8, "filters": {"exclude_seen": False}}).json()
+    assert ids(with_seen["items"]) == brute_force(artifact, retriever, history, 8, exclude_seen=False)
+
+    nothing = post(server, "/recommend", {"history": history, "filters": {"category": "No Such Category"}}).json()
+    assert nothing["items"] == [] and nothing["served_by"] == "retrieval"
+    empty = post(server, "/recommend", {"history": history, "filters": {"price_min": 10, "price_max": 5}}).json()
+    assert empty["items"] == [] and "price_min (10) is above filters.price_max (5)" in empty["notes"][0]
+
+
+def test_over_fetch_path_with_a_price_mask_equals_exact_scoring(artifact_dir, retriever):
+    state = ServiceState.load(artifact_dir, warm=False)
+    vec = retriever.embed_user(list(state.shown[i]["item_id"] for i in (1, 2, 3)))
+    mask = ~np.isnan(state.prices) & (state.prices < np.nanmedian(state.prices) * 1.5)
+    exact = masked_search(state, vec, 7, {int(state.row_ids[1])}, mask)
+    state.retriever.exact_filter_max, state.retriever.exact_filter_fraction = 0, 0.0  # force the index path
+    over_fetched = masked_search(state, vec, 7, {int(state.row_ids[1])}, mask)
+    assert [p for p, _ in over_fetched] == [p for p, _ in exact] and len(exact) == 7
+    assert all(mask[p] and p != 1 for p, _ in exact)
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize("body, loc", [
+    ({"history": ["sku"], "k": 0}, ["body", "k"]),
+    ({"history": ["sku"], "k": LIMITS["max_k"] + 1}, ["body", "k"]),
+    ({"history": ["sku"], "k": "many"}, ["body", "k"]),
+    ({"history": ["sku"] * (LIMITS["max_history"] + 1)}, ["body", "history"]),
+    ({"history": [""]}, ["body", "history", 0]),
+    ({"query": "x" * (LIMITS["max_text_chars"] + 1)}, ["body", "query"]),
+    ({"histroy": ["sku"]}, ["body", "histroy"]),
+    ({"filters": {"price_min": -1}}, ["body", "filters", "price_min"]),
+    ({"filters": {"exclude_seem": False}}, ["body", "filters", "exclude_seem"]),
+    ({"user_id": 12}, ["body", "user_id"]),
+])
+def test_invalid_input_is_422_naming_the_field(server, body, loc):
+    r = post(server, "/recommend", body)
+    assert r.status_code == 422
+    assert loc in [d["loc"] for d in r.json()["detail"]], r.json()
+
+
+def test_malformed_json_and_bad_path_parameters_are_422(server):
+    r = server.client.post("/recommend", content=b'{"k": 3,', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][0] == "body"
+    r = server.client.post("/recommend", content=b'\xff\xfe{', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["detail"]  # not UTF-8: documented as 400
+    assert server.client.get("/items/" + "x" * 300).status_code == 422
+    r = post(server, "/similar-items", {"item_id": "sku", "k": 0})
+    assert r.status_code == 422 and ["body", "k"] in [d["loc"] for d in r.json()["detail"]]
+
+
+def test_unknown_ids_are_404_with_a_message(server, artifact):
+    item = artifact.items["item_id"].iloc[0]
+    for path, body in (("/recommend", {"user_id": "u_nobody"}), ("/similar-items", {"item_id": "nope"}),
+                       ("/describe", {"item_id": "nope"}), ("/describe", {"item_id": item, "user_id": "u_nobody"})):
+        r = post(server, path, body)
+        assert r.status_code == 404, (path, r.text)
+        assert "u_nobody" in r.json()["detail"] or "nope" in r.json()["detail"]
+    r = server.client.get("/items/nope")
+    assert r.status_code == 404 and "'nope'" in r.json()["detail"]
+
+
+def test_request_bodies_over_the_limit_are_413(server):
+    big = {"history": ["sku"], "query": "x" * 5000}
+    r = post(server, "/recommend", big)  # Content-Length says it all
+    assert r.status_code == 413 and "4096-byte limit" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: counted while streaming
+        for _ in range(10):
+            yield b" " * 1000
+
+    r = server.client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert post(server, "/recommend", {"k": 2}).status_code == 200  # the server is fine afterwards
+
+
+# ------------------------------------------------------------------------------------------ similar, items
+
+
+def test_similar_items_use_product_vectors_only(server, artifact, retriever):
+    item = artifact.items["item_id"].iloc[5]
+    body = post(server, "/similar-items", {"item_id": item, "k": 4}).json()
+    assert ids(body["items"]) == [e["item_id"] for e in retriever.similar_items(item, k=4)]
+    assert item not in ids(body["items"]) and body["item_id"] == item
+    category = artifact.items["category"].iloc[5].split(" > ")[0]
+    body = post(server, "/similar-items", {"item_id": item, "k": 3, "filters": {"category": category,
+                                                                               "price_max": 1e6}}).json()
+    assert all(it["category"].startswith(category) and it["price"] is not None for it in body["items"])
+
+
+def test_item_lookup(server, artifact):
+    row = artifact.items.iloc[7]
+    body = server.client.get(f"/items/{row['item_id']}").json()
+    assert (body["item_id"], body["title"], body["text"]) == (row["item_id"], row["title"], row["text"])
+    assert body["popularity"] == int(artifact.popularity[7])
+
+
+# ------------------------------------------------------------------------------------------ LM stages
+
+
+def test_rerank_reorders_the_candidates_with_lm_scores(server, artifact, doubles):
+    _, history = user_history(artifact, 0)
+    retrieval = post(server, "/recommend", {"history": history, "k": 10, "query": "gift"}).json()
+    body = post(server, "/recommend", {"history": history, "k": 4, "rerank": True, "query": "gift"}).json()
+    assert body["served_by"] == "rerank" and body["degraded"] is False
+    # the double prefers the retrieval order reversed: the last of the 10 candidates comes first
+    assert ids(body["items"]) == ids(retrieval["items"])[::-1][:4]
+    assert [it["lm_score"] for it in body["items"]] == [9.0, 8.0, 7.0, 6.0]
+    call = doubles["reranker"].impl.calls[-1]
+    assert len(call["candidates"]) == 10 and call["query"] == "gift"
+    assert [h["item_id"] for h in call["history"]] == history[-artifact.text.user_max_items:]
+
+
+def test_slow_rerank_falls_back_to_retrieval_order_flagged_degraded(server, artifact, doubles):
+    _, history = user_history(artifact, 0)
+    retrieval = post(server, "/recommend", {"history": history, "k": 5}).json()
+    slow = SlowReranker(delay=3.0)
+    doubles["reranker"].impl = slow
+    start = time.perf_counter()
+    body = post(server, "/recommend", {"history": history, "k": 5, "rerank": True}).json()
+    elapsed = time.perf_counter() - start
+    assert body["served_by"] == "degraded" and body["degraded"] is True
+    assert ids(body["items"]) == ids(retrieval["items"]) and all(it["lm_score"] is None for it in body["items"])
+    assert "500 ms budget" in body["notes"][0]
+    assert elapsed < slow.delay  # answered without waiting for the LM
+    # the late call still holds the only LM slot: the next request skips the stage at once
+    busy = post(server, "/recommend", {"history": history, "k": 5, "rerank": True}).json()
+    assert busy["served_by"] == "degraded" and "busy" in busy["notes"][0]
+    assert slow.finished.wait(10)
+    metrics = server.client.get("/metrics").text
+    assert re.search(r'towerrec_stage_fallbacks_total\{reason="timeout",stage="rerank"\} [1-9]', metrics)
+    assert re.search(r'towerrec_stage_fallbacks_total\{reason="busy",stage="rerank"\} [1-9]', metrics)
+
+
+def test_failing_rerank_degrades_instead_of_failing(server, artifact, doubles):
+    doubles["reranker"].impl = FailingReranker()
+    _, history = user_history(artifact, 0)
+    r = post(server, "/recommend", {"history": history, "k": 3, "rerank": True})
+    assert r.status_code == 200 and r.json()["served_by"] == "degraded" and "failed" in r.json()["notes"][0]
+
+
+def test_explanations_are_shown_only_when_grounded(server, artifact, doubles):
+    _, history = user_history(artifact, 0)
+    body = post(server, "/recommend", {"history": history, "k": 3, "explain": True}).json()
+    first, second, third = body["items"]
+    assert first["explanation"] == {"text": f"{first['title']} goes with {artifact.items.set_index('item_id').loc[history[-1], 'title']}.",
+                                    "grounded": True, "attempts": 1}
+    assert second["explanation"]["grounded"] and third["explanation"] is None  # max_items=2
+    doubles["explainer"].impl = InventingExplainer()
+    body = post(server, "/recommend", {"history": history, "k": 2, "explain": True}).json()
+    assert [it["explanation"] for it in body["items"]] == [{"text": None, "grounded": False, "attempts": 3}] * 2
+
+
+def test_describe_is_grounded_or_refused(server, artifact, doubles):
+    item = artifact.items.iloc[4]
+    user_id, _ = user_history(artifact, 0)
+    body = post(server, "/describe", {"item_id": item["item_id"], "user_id": user_id}).json()
+    assert body["text"] == f"{item['title']}: picked for you." and body["refused"] is False
+    doubles["explainer"].impl = InventingExplainer()
+    body = post(server, "/describe", {"item_id": item["item_id"]}).json()
+    assert (body["text"], body["grounded"], body["refused"], body["attempts"]) == (None, False, True, 3)
+
+
+def test_metrics_count_requests_latencies_errors_and_paths(server):
+    post(server, "/recommend", {"k": 2})
+    server.client.get("/items/nope")
+    post(server, "/recommend", {"query": "y" * 5000})
+    text = server.client.get("/metrics").text
+    assert re.search(r'towerrec_http_requests_total\{method="POST",route="/recommend",status="200"\} [1-9]', text)
+    assert re.search(r'towerrec_http_errors_total\{route="/items/\{item_id\}",status="404"\} [1-9]', text)
+    assert re.search(r'towerrec_http_errors_total\{route="/recommend",status="413"\} [1-9]', text)
+    assert re.search(r'towerrec_http_request_duration_seconds_count\{route="/recommend"\} [1-9]', text)
+    assert re.search(r'towerrec_recommendations_total\{served_by="popularity"\} [1-9]', text)
+    assert "towerrec_artifact_items 80.0" in text and "towerrec_ready 1.0" in text
+
+
+# ------------------------------------------------------------------------------------------ other setups
+
+
+def test_service_without_the_lm_degrades_rerank_and_refuses_describe(artifact_dir, artifact):
+    cfg = make_cfg(artifact_dir)
+    with ServerThread(create_app(cfg)) as srv:
+        assert srv.wait_ready()["components"] == {"reranker": "disabled", "explainer": "disabled"}
+        _, history = user_history(artifact, 0)
+        body = httpx.post(srv.url + "/recommend", json={"history": history, "rerank": True, "explain": True}).json()
+        assert body["served_by"] == "degraded" and all(it["explanation"] is None for it in body["items"])
+        assert all("not enabled" in n for n in body["notes"]) and len(body["notes"]) == 2
+        r = httpx.post(srv.url + "/describe", json={"item_id": history[0]})
+        assert r.status_code == 503 and "explain.enabled" in r.json()["detail"]
+
+
+def test_not_ready_while_the_artifact_cannot_be_loaded(tmp_path):
+    cfg = make_cfg(tmp_path / "missing", exit_on_load_failure=False)
+    with ServerThread(create_app(cfg)) as srv:
+        assert httpx.get(srv.url + "/healthz").status_code == 200
+        for _ in range(200):
+            ready = httpx.get(srv.url + "/readyz")
+            if ready.json()["error"]:
+                break
+            time.sleep(0.05)
+        assert ready.status_code == 503 and "missing" in ready.json()["error"]
+        r = httpx.post(srv.url + "/recommend", json={"k": 2})
+        assert r.status_code == 503 and r.headers["retry-after"] and "failed to load" in r.json()["detail"]
+
+
+# ------------------------------------------------------------------------------------------ reload
+
+
+def snapshot(directory: Path) -> dict:
+    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, ex.sha256_file(p))
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def reload_setup(artifact_dir, tmp_path):
+    """(served copy A, copy B with one product added, cfg) — B has a different version and one more item."""
+    a = Path(shutil.copytree(artifact_dir, tmp_path / "a"))
+    b = Path(shutil.copytree(artifact_dir, tmp_path / "b"))
+    new = pd.DataFrame([{"item_id": "sku-new", "title": "Brand new thing", "brand": "Novo", "category": "New",
+                         "description": "", "price": 1.0}])
+    ex.add_items(b, new)
+    return a, b, make_cfg(a)
+
+
+def test_reload_needs_the_token(reload_setup):
+    a, _, cfg = reload_setup
+    with ServerThread(create_app(cfg)) as srv:
+        srv.wait_ready()
+        r = httpx.post(srv.url + "/admin/reload")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert httpx.post(srv.url + "/admin/reload", headers={"Authorization": "Bearer wrong-token"}).status_code == 403
+    with ServerThread(create_app(make_cfg(a, reload_token=None))) as srv:
+        srv.wait_ready()
+        r = httpx.post(srv.url + "/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 403 and "disabled" in r.json()["detail"]
+
+
+def test_reload_swaps_atomically_while_serving(reload_setup, artifact):
+    a, b, cfg = reload_setup
+    before = snapshot(a)
+    _, history = user_history(artifact, 0)
+    with ServerThread(create_app(cfg)) as srv:
+        old = srv.wait_ready()["artifact"]["version"]
+        stop, seen, failures = threading.Event(), [], []
+
+        def hammer():
+            with httpx.Client(base_url=srv.url, timeout=30) as client:
+                while not stop.is_set():
+                    r = client.post("/recommend", json={"history": history, "k": 5})
+                    item = client.get("/items/sku-new")
+                    if r.status_code != 200 or item.status_code not in (200, 404):
+                        failures.append((r.status_code, item.status_code))
+                    else:
+                        seen.append((r.json()["artifact"], item.status_code, item.json().get("artifact")))
+
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        r = httpx.post(srv.url + "/admin/reload", json={"path": str(b)}, headers={"Authorization": f"Bearer {TOKEN}"},
+                       timeout=60)
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert r.status_code == 200, r.text
+        new = r.json()["artifact"]["version"]
+        assert r.json()["previous"] == old and new != old and r.json()["artifact"]["num_items"] == 81
+        assert not failures and seen
+        assert {v for v, _, _ in seen} == {old, new}  # requests ran on both sides of the swap
+        for _, status, version in seen:  # the new product exists exactly in the new artifact, never half-way
+            assert (status == 200) == (version == new)
+        assert httpx.get(srv.url + "/items/sku-new").json()["artifact"] == new
+        assert httpx.get(srv.url + "/readyz").json()["artifact"]["version"] == new
+        assert re.search(r'towerrec_reloads_total\{outcome="ok"\} 1.0', httpx.get(srv.url + "/metrics").text)
+    assert snapshot(a) == before  # served read-only: nothing in the artifact was written
+
+
+def test_reload_of_a_corrupt_artifact_keeps_the_served_one(reload_setup):
+    a, b, cfg = reload_setup
+    with open(b / ex.ITEMS_FILE, "r+b") as f:  # flip bytes: the checksum no longer matches
+        f.seek(100)
+        f.write(b"\x00\x01\x02\x03")
+    with ServerThread(create_app(cfg)) as srv:
+        old = srv.wait_ready()["artifact"]["version"]
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        r = httpx.post(srv.url + "/admin/reload", json={"path": str(b)}, headers=auth, timeout=60)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "path"]
+        assert "items.parquet" in r.json()["detail"][0]["msg"] and "checksum" in r.json()["detail"][0]["msg"]
+        assert httpx.get(srv.url + "/readyz").json()["artifact"]["version"] == old
+        assert httpx.post(srv.url + "/recommend", json={"k": 3}).status_code == 200
+        r = httpx.post(srv.url + "/admin/reload", json={"path": str(b / "nowhere")}, headers=auth, timeout=60)
+        assert r.status_code == 422 and "nowhere" in r.json()["detail"][0]["msg"]
+
+
+@pytest.mark.slow
+def test_serve_py_starts_and_reloads_on_sighup(artifact_dir, tmp_path):
+    served = Path(shutil.copytree(artifact_dir, tmp_path / "artifact"))
+    removed = pd.read_parquet(served / ex.ITEMS_FILE)["item_id"].iloc[0]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), f"artifacts={served}", "port=0",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            lines.append(line)
+            m = re.search(r"Uvicorn running on (http://\S+)", line)
+            url = m and m.group(1)
+        assert url, "".join(lines)
+        threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True).start()
+        while httpx.get(url + "/readyz").status_code != 200:
+            time.sleep(0.1)
+        old = httpx.get(url + "/readyz").json()["artifact"]["version"]
+        assert httpx.get(f"{url}/items/{removed}").status_code == 200
+        ex.remove_items(served, [removed])  # a new version renamed into place
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while httpx.get(url + "/readyz").json()["artifact"]["version"] == old and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert httpx.get(url + "/readyz").json()["artifact"]["version"] != old
+        assert httpx.get(f"{url}/items/{removed}").status_code == 404
+        proc.send_signal(signal.SIGTERM)  # graceful shutdown; uvicorn then re-raises the signal it caught
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+        time.sleep(0.2)
+        assert "Application shutdown complete" in "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_run_exits_non_zero_when_the_first_load_fails(tmp_path, caplog):
+    """serve.py's run(): the background load fails, the server stops by itself and reports failure."""
+    import faiss
+    import torch
+
+    from towerrec.serving.server import run
+
+    threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    try:
+        assert run(make_cfg(tmp_path / "missing", port=0, log_level="warning")) == 1
+    finally:  # run() sets the process's thread counts for serving
+        torch.set_num_threads(threads[0])
+        faiss.omp_set_num_threads(threads[1])
+    assert "manifest.json: missing" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ pieces
+
+
+def test_serve_config_from_the_hydra_config(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("serve", overrides=[f"artifacts={tmp_path}", "port=9001", "service.max_k=20",
+                                          "service.rerank.budget_ms=150"])
+        missing = compose("serve")
+    sc = ServeConfig.from_cfg(cfg)
+    assert (sc.port, sc.max_k, sc.rerank.budget_ms, sc.rerank.enabled, sc.explain.budget_ms) == (9001, 20, 150, False,
+                                                                                                5000)
+    assert sc.artifacts == str(tmp_path) and isinstance(sc.lm, dict)
+    with pytest.raises(ValueError, match="artifacts=PATH"):
+        ServeConfig.from_cfg(missing)
+    with pytest.raises(ValueError, match=r"unknown service option\(s\) \['max_kk'\]"):
+        ServeConfig.from_cfg({"artifacts": "x", "service": {"max_kk": 3}})
+    with pytest.raises(ValueError, match=r"unknown service.rerank option"):
+        ServeConfig.from_cfg({"artifacts": "x", "service": {"rerank": {"budget": 3}}})
+
+
+def test_budgeted_stage_times_out_refuses_when_busy_and_reports_errors():
+    stage = BudgetedStage("t", max_concurrent=1)
+    release = threading.Event()
+    assert stage.run(lambda: 42, 1.0).value == 42
+    late = stage.run(lambda: release.wait(10), 0.05)
+    assert late.reason == "timeout"
+    assert stage.run(lambda: 1, 1.0).reason == "busy"  # the late call still holds the slot
+    release.set()
+    for _ in range(100):
+        if stage.run(lambda: 1, 1.0).ok:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the slot was not released when the late call ended")
+    held = threading.Event()
+    stage.run(lambda: held.wait(10), 0.01)  # times out, keeps the slot until `held` is set
+    threading.Timer(0.2, held.set).start()
+    queued = stage.run(lambda: "after", 5.0, wait_for_slot=True)  # waits for the slot, within its budget
+    assert queued.value == "after" and queued.seconds >= 0.1
+    failed = stage.run(lambda: 1 / 0, 1.0)
+    assert failed.reason == "error" and "ZeroDivisionError" in failed.error
+    stage.shutdown()
+
+
+def test_embedding_batcher_shares_passes_and_matches_single_calls(retriever):
+    from towerrec.serving.batching import EmbeddingBatcher
+
+    batcher = EmbeddingBatcher(max_batch=8, max_wait_ms=200)
+    texts = [retriever.user_text([i, i + 1]) for i in range(6)] + [retriever.user_text([0, 1])]  # one repeat
+    results: dict[int, np.ndarray] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.embed(retriever, texts[i])))
+               for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert batcher.batches < len(texts) and batcher.texts <= 6  # shared passes, the repeat embedded once
+    for i, text in enumerate(texts):
+        np.testing.assert_allclose(results[i], retriever.embed_texts([text])[0], atol=1e-5)
+
+    class Broken:
+        def embed_texts(self, texts, batch_size):
+            raise RuntimeError("tower down")
+
+    with pytest.raises(RuntimeError, match="tower down"):
+        batcher.embed(Broken(), "x")
+    batcher.close()
+
+
+def test_lru_cache_and_category_prefixes():
+    cache = LRUCache(2)
+    cache.put("a", 1), cache.put("b", 2), cache.get("a"), cache.put("c", 3)
+    assert (cache.get("a"), cache.get("b"), cache.get("c"), len(cache)) == (1, None, 3, 2)
+    LRUCache(0).put("a", 1)
+    assert category_prefixes(["Home > Kitchen > Coffee", "Books", None, ""]) == {
+        "Home", "Home > Kitchen", "Home > Kitchen > Coffee", "Books"}
+
+
+def test_openapi_document_is_json_serialisable(server):
+    json.dumps(server.client.get("/openapi.json").json())
+
+
+@pytest.mark.slow
+def test_real_lm_components_with_the_tiny_random_lm(artifact_dir, artifact, tmp_path):
+    """The real Reranker and Explainer (towerrec.rerank, rerank.model_path=random_init) built by the default
+    factory from the Hydra config, through the real server: rerank, explanations and product copy run."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("serve", overrides=[f"artifacts={artifact_dir}", "rerank.model_path=random_init",
+                                          "rerank.device=cpu", "rerank.dtype=float32", "service.rerank.enabled=true",
+                                          "service.rerank.budget_ms=60000", "service.explain.enabled=true",
+                                          "service.explain.budget_ms=60000", "service.explain.max_items=1",
+                                          f"rerank.cache_dir={tmp_path}"])
+    sc = ServeConfig.from_cfg(cfg)
+    with ServerThread(create_app(sc)) as srv:
+        assert srv.wait_ready(timeout=120)["components"] == {"reranker": "loaded", "explainer": "loaded"}
+        user_id, history = user_history(artifact, 0)
+        plain = httpx.post(srv.url + "/recommend", json={"user_id": user_id, "k": 5}, timeout=120).json()
+        body = httpx.post(srv.url + "/recommend", json={"user_id": user_id, "k": 5, "rerank": True, "explain": True,
+                                                        "query": "something for the kitchen"}, timeout=120).json()
+        assert body["served_by"] == "rerank" and body["degraded"] is False, body["notes"]
+        assert all(isinstance(it["lm_score"], float) for it in body["items"])
+        # the LM reorders the retrieval candidates (rerank.top_n of them), it does not invent products
+        candidates = httpx.post(srv.url + "/recommend", json={"user_id": user_id, "k": 20,
+                                                              "query": "something for the kitchen"}).json()
+        assert set(ids(body["items"])) <= set(ids(candidates["items"])) and len(plain["items"]) == 5
+        explanation = body["items"][0]["explanation"]
+        assert explanation is not None and explanation["attempts"] >= 1
+        assert explanation["text"] is None or explanation["grounded"]  # shown only when grounded
+        assert body["items"][1]["explanation"] is None
+        copy = httpx.post(srv.url + "/describe", json={"item_id": history[-1], "user_id": user_id}, timeout=120)
+        assert copy.status_code == 200 and copy.json()["refused"] == (copy.json()["text"] is None)
