@@ -1,11 +1,32 @@
-"""Pieces the benchmark scripts share: the project's Hydra config and the JSON results file."""
+"""Pieces the benchmark scripts share: the project's Hydra config, the artifact to measure, timestamped progress
+lines and the JSON results file."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+T0 = time.perf_counter()
+
+
+def say(msg: str) -> None:
+    """A progress line stamped with the seconds since the script started."""
+    print(f"[{time.perf_counter() - T0:8.1f}s] {msg}", flush=True)
+
+
+def latest_artifact(data_name: str = "scientific") -> Path:
+    """The newest artifact under logs/train/runs whose manifest names `data_name` (case-insensitive)."""
+    found = []
+    for manifest in (REPO / "logs" / "train" / "runs").glob("*/artifact/manifest.json"):
+        name = (json.loads(manifest.read_text()).get("data") or {}).get("name", "")
+        if str(name).lower() == data_name.lower():
+            found.append(manifest)
+    if not found:
+        raise SystemExit(f"no exported {data_name} artifact under {REPO / 'logs/train/runs'}: train one "
+                         f"(e.g. `python train.py experiment=scientific`) or pass --artifact DIR")
+    return max(found, key=lambda m: m.stat().st_mtime).parent
 
 
 def compose_config(data: str, data_path: str | None = None, overrides: list[str] = ()):

@@ -33,22 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import REPO, compose_config, write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
+from common import REPO, compose_config, latest_artifact, say, write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-ARTIFACT = REPO / "logs/train/runs/2026-11-23_06-01-13/artifact"
 GOAL = 0.95
-T0 = time.perf_counter()
-
-
-def say(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:8.1f}s] {msg}", flush=True)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="scientific", help="data config the artifact was trained on")
-    p.add_argument("--artifact", type=Path, default=ARTIFACT)
+    p.add_argument("--artifact", type=Path, default=None,
+                   help="an exported artifact directory (default: the newest Scientific one under logs/train/runs)")
     p.add_argument("--users", type=int, default=200)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -58,7 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=30, help="explanations kept verbatim in the JSON")
     p.add_argument("--verbose", action="store_true", help="log every raw answer and what became of it")
     p.add_argument("--out", type=Path, default=REPO / "bench/results/explain.json")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.artifact = args.artifact or latest_artifact()
+    return args
 
 
 def pct(values: list[float], q: float) -> float:

@@ -33,17 +33,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from common import REPO, write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
+from common import REPO, T0, say, write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 PRESETS = ("flat", "hnsw", "ivf", "ivfpq")
 APPROXIMATE = ("hnsw", "ivf", "ivfpq")
 K = 10
 GOAL_A = {"recall": 0.95, "p99_ms": 5.0}
 GOAL_B = {"recall": 0.9, "bytes_per_vector": 100.0}
-T0 = time.perf_counter()
-
-
-def say(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:8.1f}s] {msg}", flush=True)
 
 
 def int_list(text: str) -> list[int]:

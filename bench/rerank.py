@@ -31,14 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import REPO, compose_config, write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
+from common import REPO, compose_config, latest_artifact, say, write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-ARTIFACT = REPO / "logs/train/runs/2026-11-23_06-01-13/artifact"
-T0 = time.perf_counter()
-
-
-def say(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:8.1f}s] {msg}", flush=True)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=["quality", "latency"])
     p.add_argument("--data", default="scientific", help="data config the artifact was trained on")
-    p.add_argument("--artifact", type=Path, default=ARTIFACT)
+    p.add_argument("--artifact", type=Path, default=None,
+                   help="an exported artifact directory (default: the newest Scientific one under logs/train/runs)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: quality 1, latency 2)")
     p.add_argument("--set", nargs="*", default=[], help="extra Hydra overrides, e.g. rerank.permutations=3")
     p.add_argument("--out", type=Path, default=None, help="JSON results (default bench/results/rerank_<mode>.json)")
@@ -59,7 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     lat.add_argument("--requests", type=int, default=100)
     lat.add_argument("--warmup", type=int, default=3)
     lat.add_argument("--scorers", default="listwise,pointwise")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.artifact = args.artifact or latest_artifact()
+    return args
 
 
 def machine() -> dict:

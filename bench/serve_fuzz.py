@@ -29,8 +29,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_results  # noqa: E402
-from serve_load import SCIENTIFIC, running_server  # noqa: E402
+from common import latest_artifact, write_results  # noqa: E402
+from serve_load import running_server  # noqa: E402
 
 SCHEMA_CHECKS = ("response_schema_conformance", "status_code_conformance", "content_type_conformance",
                  "response_headers_conformance")
@@ -50,7 +50,8 @@ def server_errors(metrics_text: str) -> dict[str, int]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--artifact", type=Path, default=SCIENTIFIC)
+    p.add_argument("--artifact", type=Path, default=None,
+                   help="an exported artifact directory (default: the newest Scientific one under logs/train/runs)")
     p.add_argument("--lm", default="random_init", help="rerank.model_path for the LM stages (random_init, "
                                                        "smollm2, a directory) or 'none' (LM stages off)")
     p.add_argument("--max-examples", type=int, default=100, help="schemathesis test cases per operation and phase")
@@ -59,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra serve.py overrides")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    args.artifact = args.artifact or latest_artifact()
 
     overrides = list(args.set)
     if args.lm != "none":

@@ -41,9 +41,8 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, compose_config, write_results  # noqa: E402
+from common import REPO, compose_config, latest_artifact, write_results  # noqa: E402
 
-SCIENTIFIC = REPO / "logs/train/runs/2026-11-23_06-01-13/artifact"
 
 
 # ------------------------------------------------------------------------------------------ the server
@@ -209,7 +208,8 @@ async def closed_loop(url: str, bodies: list[dict], clients: int, warmup: float,
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--artifact", type=Path, default=SCIENTIFIC)
+    p.add_argument("--artifact", type=Path, default=None,
+                   help="an exported artifact directory (default: the newest Scientific one under logs/train/runs)")
     p.add_argument("--data", default="scientific", help="where histories come from when the artifact has no "
                                                         "users.parquet (a conf/data group)")
     p.add_argument("--requests", choices=("history", "user"), default="history")
@@ -228,6 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    args.artifact = args.artifact or latest_artifact()
 
     if args.client_cpus:
         os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})

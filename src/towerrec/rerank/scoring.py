@@ -151,9 +151,7 @@ class ListwiseScorer:
     def score(self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]],
               queries: Sequence[str | None] | None = None, progress: bool = False) -> list[np.ndarray]:
         """Per user, (C_u,) float64 mean over orders of the log-softmax of the candidate label logits."""
-        queries = list(queries) if queries is not None else [None] * len(histories)
-        if not len(histories) == len(candidates) == len(queries):
-            raise ValueError(f"{len(histories)} histories, {len(candidates)} candidate lists, {len(queries)} queries")
+        queries = _per_user_queries(histories, candidates, queries)
         rows: list[tuple[int, np.ndarray, list[int]]] = []  # (user, order, label token ids) per sequence
         token_rows: list[list[int]] = []  # each prompt after the static prefix
         for u, (history, cands, query) in enumerate(zip(histories, candidates, queries)):
@@ -174,6 +172,14 @@ class ListwiseScorer:
         return [s / self.permutations for s in sums]
 
 
+def _per_user_queries(histories: Sequence, candidates: Sequence, queries: Sequence | None) -> list:
+    """`queries` as a list with one entry per user (None when not given); the three lengths must agree."""
+    queries = list(queries) if queries is not None else [None] * len(histories)
+    if not len(histories) == len(candidates) == len(queries):
+        raise ValueError(f"{len(histories)} histories, {len(candidates)} candidate lists, {len(queries)} queries")
+    return queries
+
+
 class PointwiseScorer:
     """Pointwise LM scores: log P(Yes | Yes or No) for each candidate, the user's prefix computed once."""
 
@@ -192,9 +198,7 @@ class PointwiseScorer:
     def score(self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]],
               queries: Sequence[str | None] | None = None, progress: bool = False) -> list[np.ndarray]:
         """Per user, (C_u,) float64 log-sigmoid(logit(Yes) - logit(No)) of each candidate."""
-        queries = list(queries) if queries is not None else [None] * len(histories)
-        if not len(histories) == len(candidates) == len(queries):
-            raise ValueError(f"{len(histories)} histories, {len(candidates)} candidate lists, {len(queries)} queries")
+        queries = _per_user_queries(histories, candidates, queries)
         tok = self.tokenizer
         user_parts, suffixes = [], []
         for history, cands, query in zip(histories, candidates, queries):
