@@ -18,7 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from towerrec.pipeline import metric_value, train
+from towerrec.tasks.train import train
+from towerrec.utils.hydra import metric_value
 
 log = logging.getLogger("train")
 

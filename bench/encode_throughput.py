@@ -95,7 +95,7 @@ def autocast(precision: str):
 # ---- the two sides --------------------------------------------------------------------------------------
 def encode_ours(tower, tokenizer, texts: list[str], max_length: int, batch_size: int, precision: str) -> np.ndarray:
     """export_artifact's catalog encoding: encode_texts over the product tower, then normalize_rows."""
-    from towerrec.export import encode_texts, normalize_rows
+    from towerrec.model.encode import encode_texts, normalize_rows
 
     ids = np.arange(len(texts), dtype=np.int64)
     with autocast(precision):
@@ -162,11 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
-    from towerrec.data.datamodule import tokenize
+    from towerrec.data.tokens import tokenize
     from towerrec.data.text import TextConfig, render_items
-    from towerrec.encoders import load_encoder, resolve_path
-    from towerrec.pipeline import load_split
-    from towerrec.towers import TwoTower
+    from towerrec.model.encoders import load_encoder, resolve_path
+    from towerrec.data.load import load_split
+    from towerrec.model.towers import TwoTower
 
     cfg = compose_config(args)
     dmc = cfg.model.datamodule

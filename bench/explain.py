@@ -1,4 +1,5 @@
-"""Explanations (towerrec.rerank.explain) on a real dataset: how often they are grounded, and what they cost.
+"""Explanations (towerrec.rerank.explain, checked by towerrec.rerank.grounding) on a real dataset: how often they
+are grounded, and what they cost.
 
 For --users seeded test users of an exported artifact's dataset, the history is the user's items (oldest
 first, as product dicts from the artifact's items table) and the products are `Retriever.recommend`'s top
@@ -73,8 +74,9 @@ def main(argv=None) -> dict:
         logging.getLogger("towerrec.rerank.explain").setLevel(logging.DEBUG)
     from omegaconf import OmegaConf
 
-    from towerrec.pipeline import load_split
-    from towerrec.rerank.explain import Explainer, check_grounded
+    from towerrec.data.load import load_split
+    from towerrec.rerank.explain import Explainer
+    from towerrec.rerank.grounding import check_grounded
     from towerrec.rerank.finetune import item_dicts
     from towerrec.rerank.lm import load_lm
     from towerrec.rerank.reranker import RerankSettings

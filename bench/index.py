@@ -154,7 +154,7 @@ def exact_top_k(x: np.ndarray, q: np.ndarray, k: int, batch: int = 256) -> tuple
 def preset_config(name: str, overrides: dict):
     from omegaconf import OmegaConf
 
-    from towerrec.export import IndexConfig
+    from towerrec.index import IndexConfig
 
     d = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "index" / f"{name}.yaml"), resolve=True)
     d.update(overrides)
@@ -210,7 +210,7 @@ class Built:
 
 
 def build(preset: str, label: str, cfg, x: np.ndarray, ids: np.ndarray, shards: int) -> Built:
-    from towerrec.export import build_index, build_sharded_index
+    from towerrec.index import build_index, build_sharded_index
 
     start = time.perf_counter()
     if shards > 1:
@@ -315,7 +315,7 @@ def goals_met(row: Row) -> list[str]:
 
 
 def sweep(built: Built, q: np.ndarray, truth: np.ndarray, args) -> list[Row]:
-    from towerrec.export import apply_search_params
+    from towerrec.index import apply_search_params
 
     def values(sweep_values, key):  # the sweep plus the preset's own setting
         default = built.preset_search.get(key)

@@ -142,7 +142,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads or (1 if args.mode == "quality" else 2))
-    from towerrec.pipeline import load_split
+    from towerrec.data.load import load_split
     from towerrec.retrieval import Retriever
 
     cfg = compose_config(args.data, overrides=["rerank.device=cpu", *args.set])

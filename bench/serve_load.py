@@ -118,7 +118,7 @@ def running_server(artifact: Path, overrides=(), cpus: str | None = None, ready_
 
 def request_bodies(artifact: Path, args) -> tuple[list[dict], str]:
     """Request bodies for the load (and where the users came from)."""
-    from towerrec.export import USERS_FILE
+    from towerrec.artifact.format import USERS_FILE
 
     rng = random.Random(args.seed)
     users_file = artifact / USERS_FILE
@@ -131,7 +131,7 @@ def request_bodies(artifact: Path, args) -> tuple[list[dict], str]:
     else:
         if args.requests == "user":
             raise SystemExit(f"--requests user needs {users_file}; use --requests history")
-        from towerrec.pipeline import load_split
+        from towerrec.data.load import load_split
 
         split = load_split(compose_config(args.data).data)
         ids = np.asarray(split.catalog.item_ids, dtype=object)

@@ -210,7 +210,7 @@ class Run:
 def run_ours(cfg, args, dm, split, encoder_dir: Path, freeze: int, steps: int, repeat: int) -> Run:
     import lightning as L
 
-    from towerrec.pipeline import build_module, build_two_tower
+    from towerrec.tasks.train import build_module, build_two_tower
 
     class ClockCallback(L.Callback):
         def __init__(self, clock: StepClock):
@@ -417,8 +417,8 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict:
 
     from towerrec.data.datamodule import RetrievalDataModule
     from towerrec.data.text import TextConfig, render_items
-    from towerrec.encoders import load_encoder, resolve_path
-    from towerrec.pipeline import load_split
+    from towerrec.model.encoders import load_encoder, resolve_path
+    from towerrec.data.load import load_split
 
     st_loop = args.st_loop
     if st_loop != "manual":

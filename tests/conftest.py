@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from towerrec.data.schema import Catalog, Dataset, Interactions
-from towerrec.encoders import load_encoder
+from towerrec.model.encoders import load_encoder
 
 NAN = math.nan
 

@@ -12,10 +12,10 @@ import httpx
 import torch
 import uvicorn
 
-from towerrec import export as ex
+from towerrec.artifact.export import export_artifact
 from towerrec.data.text import TextConfig, render_items
-from towerrec.encoders import load_encoder
-from towerrec.towers import TwoTower
+from towerrec.model.encoders import load_encoder
+from towerrec.model.towers import TwoTower
 
 TINY_BERT = {"vocab_size": 300, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
              "intermediate_size": 32, "max_position_embeddings": 128}
@@ -28,7 +28,7 @@ def export_tiny_artifact(out: Path, split) -> Path:
     torch.manual_seed(0)
     encoder, tokenizer = load_encoder({"random_init": dict(TINY_BERT)}, corpus=render_items(split.catalog, TEXT))
     model = TwoTower(encoder, projection_dim=12).eval()
-    return ex.export_artifact(out, model, tokenizer, split, TEXT, item_max_length=32, user_max_length=48,
+    return export_artifact(out, model, tokenizer, split, TEXT, item_max_length=32, user_max_length=48,
                               train_cfg={}, metrics={}, batch_size=32, progress=False)
 
 
@@ -96,6 +96,22 @@ class SlowReranker(ReverseReranker):
         out = super().rerank(history, candidates, query)
         self.finished.set()
         return out
+
+
+class ForeignReranker(ReverseReranker):
+    """Returns something other than a permutation of its candidates: one dropped, one twice, or an unknown row."""
+
+    def __init__(self, change: str):
+        super().__init__()
+        self.change = change
+
+    def rerank(self, history, candidates, query=None):
+        out = super().rerank(history, candidates, query)
+        if self.change == "drop":
+            return out[:-1]
+        if self.change == "duplicate":
+            return out[:-1] + out[:1]
+        return out[:-1] + [{**out[-1], "row_id": 10**9}]
 
 
 class FailingReranker:

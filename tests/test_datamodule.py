@@ -10,10 +10,11 @@ import torch
 
 from towerrec.data import datamodule as dm_mod
 from towerrec.data import synthetic
-from towerrec.data.datamodule import BucketBatchSampler, RetrievalDataModule, pad_batch, tokenize
+from towerrec.data.datamodule import BucketBatchSampler, RetrievalDataModule
 from towerrec.data.splits import leave_last_out
 from towerrec.data.text import TextConfig, render_items, render_user
-from towerrec.encoders import load_encoder
+from towerrec.data.tokens import pad_batch, tokenize
+from towerrec.model.encoders import load_encoder
 
 TINY_BERT = {"vocab_size": 300, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
              "intermediate_size": 32, "max_position_embeddings": 128}
@@ -194,7 +195,7 @@ def test_token_cache_round_trips_without_retokenizing(split, tokenizer, tmp_path
         raise AssertionError("re-tokenized although a cache exists")
 
     monkeypatch.setattr(dm_mod, "tokenize", fail)
-    monkeypatch.setattr(RetrievalDataModule, "_count_tokens", fail)
+    monkeypatch.setattr(dm_mod, "count_tokens", fail)
     second = RetrievalDataModule(split, tokenizer, TEXT, cache_dir=str(tmp_path), **DM_ARGS)
     second.setup("fit")
     assert second._cache_key() == first._cache_key()
@@ -257,10 +258,27 @@ def test_train_batches_append_uniform_negatives(split, tokenizer, dm):
         assert ((ids[b:] >= 0) & (ids[b:] < split.num_items)).all()
         expected = pad_batch([neg.item_tokens[i] for i in ids.tolist()], neg.pad_id)
         assert torch.equal(batch["item"]["input_ids"], expected["input_ids"])
+        targets = neg.train_examples.targets[rows]
+        assert torch.equal(ids[b:], torch.from_numpy(dm_mod.draw_uniform_negatives(split.num_items, 5, 0, targets)))
         drawn.update(ids[b:].tolist())
     assert len(drawn) > 10  # spread over the catalog, not one fixed set
     again = list(neg.train_dataloader())
     assert all(torch.equal(x["item"]["item_idx"], y["item"]["item_idx"]) for x, y in zip(first, again))  # seeded
+
+
+def test_draw_uniform_negatives_is_seeded_by_seed_and_batch():
+    targets = np.array([3, 7, 7, 1])
+    first = dm_mod.draw_uniform_negatives(10, 200, seed=4, targets=targets)
+    assert first.dtype == np.int64 and first.shape == (200,)
+    assert first.min() >= 0 and first.max() <= 9 and len(np.unique(first)) == 10  # uniform over the catalog
+    assert np.array_equal(first, dm_mod.draw_uniform_negatives(10, 200, seed=4, targets=targets.copy()))
+    # the stream every run so far was trained with: PCG64 seeded by (seed, sum of targets, batch size)
+    assert np.array_equal(first, np.random.default_rng([4, 18, 4]).integers(0, 10, 200))
+    assert not np.array_equal(first, dm_mod.draw_uniform_negatives(10, 200, seed=5, targets=targets))
+    assert not np.array_equal(first, dm_mod.draw_uniform_negatives(10, 200, seed=4, targets=targets + 1))
+    assert dm_mod.draw_uniform_negatives(10, 0, seed=4, targets=targets).shape == (0,)
+    with pytest.raises(ValueError, match="num_items"):
+        dm_mod.draw_uniform_negatives(0, 3, seed=0, targets=targets)
 
 
 @pytest.mark.parametrize("stage", ["valid", "test"])

@@ -1,5 +1,6 @@
-"""Explanations (towerrec.rerank.explain): the vocabulary of known names, the pure faithfulness check,
-post-processing, prompts with delimited untrusted text, regenerate-then-refuse, and greedy bounded decoding.
+"""Explanations: the vocabulary of known names, the pure faithfulness check and post-processing
+(towerrec.rerank.grounding); prompts with delimited untrusted text, regenerate-then-refuse, and greedy bounded
+decoding (towerrec.rerank.explain).
 
 Unit tests use the conftest catalog and a 2-layer random Llama with the byte tokenizer
 (`rerank.model_path=random_init`); the last test (slow, integration) uses the real SmolLM2-135M-Instruct."""
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from towerrec.rerank import explain as E
+from towerrec.rerank import grounding as G
 from towerrec.rerank import lm as lm_mod
 
 from conftest import CATALOG_ROWS
@@ -30,8 +32,8 @@ def item(i: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def vocab() -> E.Vocabulary:
-    return E.Vocabulary.from_items(pd.DataFrame(CATALOG_ROWS, columns=COLUMNS))
+def vocab() -> G.Vocabulary:
+    return G.Vocabulary.from_items(pd.DataFrame(CATALOG_ROWS, columns=COLUMNS))
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +58,14 @@ def test_vocabulary_holds_brands_categories_and_product_names(vocab):
 
 def test_flat_category_strings_are_named_by_what_they_add_to_their_parent():
     flat = ["Lab Supplies", "Lab Supplies Glassware Beakers", "Lab Supplies Glassware", "Tapes Duct Tape"]
-    assert E.category_names(flat) == {"Lab Supplies", "Glassware", "Beakers", "Tapes Duct Tape"}
-    assert E.category_names(["Home > Kitchen > Coffee", "Books"]) == {"Home", "Kitchen", "Coffee", "Books"}
+    assert G.category_names(flat) == {"Lab Supplies", "Glassware", "Beakers", "Tapes Duct Tape"}
+    assert G.category_names(["Home > Kitchen > Coffee", "Books"]) == {"Home", "Kitchen", "Coffee", "Books"}
 
 
 def test_model_codes_skip_sizes_and_units():
-    assert E.model_codes("BIQU MK10 Nozzles M7 0.4mm 1.75mm 3D Printer CR-10S 12V 43x58mm 2x") == ["MK10", "CR-10S"]
-    assert E.title_lead("eSUN PLA filament, 1kg (black)") == "eSUN PLA filament"
-    assert E.title_lead("Nozzle kit for Ender 3") == "Nozzle kit"
+    assert G.model_codes("BIQU MK10 Nozzles M7 0.4mm 1.75mm 3D Printer CR-10S 12V 43x58mm 2x") == ["MK10", "CR-10S"]
+    assert G.title_lead("eSUN PLA filament, 1kg (black)") == "eSUN PLA filament"
+    assert G.title_lead("Nozzle kit for Ender 3") == "Nozzle kit"
 
 
 def test_brands_made_of_common_words_match_only_with_their_own_case():
@@ -71,18 +73,63 @@ def test_brands_made_of_common_words_match_only_with_their_own_case():
             ("b", "Steel small parts tray", "Acme", "Storage"),
             ("c", "Plastic small parts bins", "Binco", "Storage"),
             ("d", "Magnetic small parts dish", "Magno", "Storage")]
-    vocab = E.Vocabulary.from_items(pd.DataFrame(rows, columns=["item_id", "title", "brand", "category"]),
+    vocab = G.Vocabulary.from_items(pd.DataFrame(rows, columns=["item_id", "title", "brand", "category"]),
                                     common_word_share=0.5)
     cand = {"title": "Steel small parts tray", "brand": "Acme", "category": "Storage"}
-    assert E.check_grounded("Keeps small parts tidy.", [], {"title": "Tray", "brand": "Acme"}, vocab).grounded
-    report = E.check_grounded("A tray like Small Parts makes.", [], {"title": "Tray", "brand": "Acme"}, vocab)
+    assert G.check_grounded("Keeps small parts tidy.", [], {"title": "Tray", "brand": "Acme"}, vocab).grounded
+    report = G.check_grounded("A tray like Small Parts makes.", [], {"title": "Tray", "brand": "Acme"}, vocab)
     assert report.flagged == ["brand: Small Parts"]
-    assert E.check_grounded("Holds small parts.", [], cand, vocab).grounded
+    assert G.check_grounded("Holds small parts.", [], cand, vocab).grounded
 
 
 def test_a_table_without_the_needed_columns_is_refused():
     with pytest.raises(ValueError, match="'brand'"):
-        E.Vocabulary.from_items(pd.DataFrame({"title": ["x"], "category": ["y"]}))
+        G.Vocabulary.from_items(pd.DataFrame({"title": ["x"], "category": ["y"]}))
+
+
+# a flat (Amazon-style) catalog where most categories sit under one top-level name
+SHARED_TOP = [("t1", "Duct tape roll", "TapeCo", "Industrial & Scientific Tapes Duct Tape"),
+              ("t2", "Glass beaker set", "LabWare", "Industrial & Scientific Lab Supplies Beakers"),
+              ("t3", "Nitrile gloves", "SafeHands", "Industrial & Scientific Safety Gloves"),
+              ("t4", "Mystery box", "", "Industrial & Scientific"),
+              ("t5", "Water bottle", "", "")]
+
+
+def test_names_most_of_the_catalog_shares_are_not_checked():
+    table = pd.DataFrame(SHARED_TOP, columns=["item_id", "title", "brand", "category"])
+    assert {("industrial", "scientific"), ("industrial",), ("scientific",)} <= G.shared_category_terms(
+        table["category"].tolist(), 0.5)
+    assert ("safety", "glove") not in G.shared_category_terms(table["category"].tolist(), 0.5)
+    bottle = {"title": "Water bottle", "brand": "", "category": ""}
+    text = "Great next to your Industrial & Scientific kit."
+    checked = G.Vocabulary.from_items(table)  # off by default: the top-level name is a category like any other
+    assert checked.terms[("industrial", "scientific")] == ("category", "Industrial & Scientific")
+    assert G.check_grounded(text, [], bottle, checked).flagged == ["category: Industrial & Scientific"]
+    shared = G.Vocabulary.from_items(table, ignore_category_share=0.5)  # 4 of 5 items: too generic to check
+    assert ("industrial", "scientific") not in shared.terms and G.check_grounded(text, [], bottle, shared).grounded
+    assert G.check_grounded("Pairs with Safety Gloves.", [], bottle, shared).flagged == ["category: Safety Gloves"]
+    assert ("industrial", "scientific") in G.Vocabulary.from_items(table, ignore_category_share=0.9).terms
+
+
+def test_explainers_take_the_ignored_names_from_the_config_and_the_catalog(tiny_lm):
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[1] / "conf/rerank/explain/default.yaml"
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    table = pd.DataFrame(SHARED_TOP, columns=["item_id", "title", "brand", "category"])
+    tok = tiny_lm[1]
+    ex = E.Explainer.for_artifact(None, tok, node, table)  # the library default names no dataset
+    assert ex.cfg.ignore_category_share == 0.5 and not any("scientific" in t for t in ex.cfg.ignore_terms)
+    assert ("industrial", "scientific") not in ex.vocabulary.terms and ("safety", "glove") in ex.vocabulary.terms
+    off = E.Explainer.for_artifact(None, tok, {**node, "ignore_category_share": None}, table)
+    assert ("industrial", "scientific") in off.vocabulary.terms
+    listed = E.Explainer.for_artifact(None, tok, {"ignore_category_share": None, "ignore_terms": ["safety gloves"]},
+                                      table)
+    assert ("safety", "glove") not in listed.vocabulary.terms and ("industrial", "scientific") in listed.vocabulary.terms
+    with pytest.raises(ValueError, match="rerank.explain.ignore_category_share"):
+        E.ExplainConfig.from_dict({"ignore_category_share": 0})
 
 
 # --------------------------------------------------------------------------------------------- the check
@@ -92,7 +139,7 @@ def test_names_from_the_history_or_the_candidate_are_grounded(vocab):
     history = [item(2), item(3)]  # espresso machine (Brewmaster), coffee grinder
     cand = item(5)  # reading lamp, Lumo, Home > Lighting
     text = "Since you bought a Brewmaster espresso machine, this Lumo reading lamp lights your kitchen."
-    report = E.check_grounded(text, history, cand, vocab)
+    report = G.check_grounded(text, history, cand, vocab)
     assert report.grounded and report.flagged == []
     assert set(report.mentions) == {"brand: Brewmaster", "product: Espresso machine", "brand: Lumo",
                                     "product: Reading lamp", "category: Kitchen"}
@@ -101,41 +148,41 @@ def test_names_from_the_history_or_the_candidate_are_grounded(vocab):
 def test_known_names_in_neither_are_flagged(vocab):
     history = [item(2)]
     text = "Since you bought coffee gear, this Stridex yoga mat suits your running and your books."
-    report = E.check_grounded(text, history, item(5), vocab)
+    report = G.check_grounded(text, history, item(5), vocab)
     assert not report.grounded
     assert report.flagged == ["brand: Stridex", "product: Yoga mat", "category: Running", "category: Books"]
 
 
 def test_plurals_fold_and_longest_names_win(vocab):
-    report = E.check_grounded("Great with running socks and other espresso machines.", [item(1)], item(2), vocab)
+    report = G.check_grounded("Great with running socks and other espresso machines.", [item(1)], item(2), vocab)
     assert report.grounded
     assert "product: Running socks" in report.mentions and "category: Running" not in report.mentions
 
 
 def test_prices_must_be_the_candidates_own(vocab):
     cand = item(5)  # $34.00
-    assert E.check_grounded("At $34 it is a bargain.", [], cand, vocab).grounded
-    assert E.check_grounded("At 34.00 dollars it is a bargain.", [], cand, vocab).grounded
-    assert E.check_grounded("At $29.99 it is a bargain.", [], cand, vocab).flagged == ["number: $29.99"]
-    assert E.check_grounded("Only 1,299 USD.", [], cand, vocab).flagged == ["number: $1299"]
+    assert G.check_grounded("At $34 it is a bargain.", [], cand, vocab).grounded
+    assert G.check_grounded("At 34.00 dollars it is a bargain.", [], cand, vocab).grounded
+    assert G.check_grounded("At $29.99 it is a bargain.", [], cand, vocab).flagged == ["number: $29.99"]
+    assert G.check_grounded("Only 1,299 USD.", [], cand, vocab).flagged == ["number: $1299"]
     # a history price is still not this product's price
-    assert not E.check_grounded("It costs $249.99.", [item(2)], cand, vocab).grounded
+    assert not G.check_grounded("It costs $249.99.", [item(2)], cand, vocab).grounded
 
 
 def test_standalone_numbers_come_from_the_candidate_and_fused_words_may_come_from_the_history(vocab):
     history = [{"title": "Creality 3D printer MK8 hotend", "brand": "", "category": ""}]
     cand = {"title": "Nozzle set 0.4mm, pack of 5", "brand": "", "category": "", "price": None}
-    assert E.check_grounded("Five 0.4mm nozzles for your 3D printer.", history, cand, vocab).grounded
-    assert E.check_grounded("A pack of 5 for your MK8.", history, cand, vocab).grounded
-    assert E.check_grounded("Lasts 100 hours.", history, cand, vocab).flagged == ["number: 100"]
-    assert E.check_grounded("Fits your 8 printers.", history, cand, vocab).flagged == ["number: 8"]
-    report = E.check_grounded("Fits your 8 printers.", history, cand, vocab, numbers_from_history=True)
+    assert G.check_grounded("Five 0.4mm nozzles for your 3D printer.", history, cand, vocab).grounded
+    assert G.check_grounded("A pack of 5 for your MK8.", history, cand, vocab).grounded
+    assert G.check_grounded("Lasts 100 hours.", history, cand, vocab).flagged == ["number: 100"]
+    assert G.check_grounded("Fits your 8 printers.", history, cand, vocab).flagged == ["number: 8"]
+    report = G.check_grounded("Fits your 8 printers.", history, cand, vocab, numbers_from_history=True)
     assert report.grounded  # 8 is in the history's "MK8"
 
 
 def test_text_without_names_or_numbers_is_grounded(vocab):
-    report = E.check_grounded("A handy addition to what you already own.", [item(0)], item(1), vocab)
-    assert report == E.GroundingReport(True, [], [])
+    report = G.check_grounded("A handy addition to what you already own.", [item(0)], item(1), vocab)
+    assert report == G.GroundingReport(True, [], [])
 
 
 # ------------------------------------------------------------------------------------------ post-processing
@@ -155,13 +202,13 @@ def test_text_without_names_or_numbers_is_grounded(vocab):
      "dowel, these pins fit."),
 ])
 def test_postprocess_keeps_complete_sentences(raw, expected):
-    assert E.postprocess(raw, max_sentences=2, max_chars=280) == expected
+    assert G.postprocess(raw, max_sentences=2, max_chars=280) == expected
 
 
 def test_postprocess_caps_characters():
     long = " ".join(f"word{i}" for i in range(40)) + "."
-    assert E.postprocess("Short one. " + long, max_sentences=2, max_chars=60) == "Short one."
-    assert E.postprocess(long, max_sentences=2, max_chars=60) is None
+    assert G.postprocess("Short one. " + long, max_sentences=2, max_chars=60) == "Short one."
+    assert G.postprocess(long, max_sentences=2, max_chars=60) is None
 
 
 def test_answer_no_repeat_bans_only_repeats_inside_the_answer():
@@ -271,7 +318,7 @@ def test_names_from_the_worked_example_are_flagged(tiny_lm, vocab):
     ex = Scripted(tiny_lm[1], vocab, ["It goes with your hydration vest.", "A Lumo lamp."], max_attempts=2)
     e = ex.explain([item(2)], item(5))
     assert e.flagged == ["example: Hydration vest"] and e.text == "A Lumo lamp."
-    assert E.check_grounded("Great for trail runs.", [], item(5), ex.vocabulary).flagged == ["example: trail",
+    assert G.check_grounded("Great for trail runs.", [], item(5), ex.vocabulary).flagged == ["example: trail",
                                                                                               "example: run"]
 
 
@@ -323,7 +370,7 @@ def test_explain_with_a_tiny_lm_returns_grounded_text_or_refuses(tiny_lm, vocab)
         if e.text is None:
             assert not e.grounded and e.flagged
         else:
-            assert e.grounded and E.check_grounded(e.text, history, it, ex.vocabulary).grounded
+            assert e.grounded and G.check_grounded(e.text, history, it, ex.vocabulary).grounded
 
 
 def test_a_peft_model_explains_with_its_adapter_switched_off(tiny_lm, vocab):
@@ -361,7 +408,7 @@ def test_smollm2_explanations_are_grounded_or_refused():
     out = ex.explain_many(history, items)
     for it, e in zip(items, out):
         if e.text is not None:
-            assert e.grounded and E.check_grounded(e.text, history, it, ex.vocabulary).grounded
+            assert e.grounded and G.check_grounded(e.text, history, it, ex.vocabulary).grounded
             assert e.text.startswith("Since you bought") and e.text[-1] in ".!?"
     assert sum(e.text is not None for e in out) >= 2
     # a flagged word is banned in every spelling the vocabulary has as one token, unless the data use it
@@ -376,7 +423,7 @@ def test_smollm2_explanations_are_grounded_or_refused():
                          items[0]) == ["ClearVeiw"]
     assert not ex.gibberish("Since you bought safety goggles, this caliper measures your parts.", history, items[0])
     copy = ex.describe(history, items[1])
-    assert copy.text is None or E.check_grounded(copy.text, history, items[1], ex.vocabulary).grounded
+    assert copy.text is None or G.check_grounded(copy.text, history, items[1], ex.vocabulary).grounded
 
 
 def test_the_config_file_parses():
@@ -386,4 +433,7 @@ def test_the_config_file_parses():
 
     path = Path(__file__).resolve().parents[1] / "conf/rerank/explain/default.yaml"
     cfg = E.ExplainConfig.from_dict(OmegaConf.to_container(OmegaConf.load(path)))
-    assert cfg.max_sentences == 2 and cfg.top_k == 3 and "tools" in cfg.ignore_terms
+    assert cfg.max_sentences == 2 and "tools" in cfg.ignore_terms and cfg.ignore_category_share == 0.5
+    for dead in ("enabled", "top_k"):  # the service's switches are service.explain.* (conf/serve.yaml)
+        with pytest.raises(ValueError, match="unknown rerank.explain option"):
+            E.ExplainConfig.from_dict({dead: 3})

@@ -16,12 +16,21 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 
-from towerrec import export as ex
+from towerrec.artifact.cli import main
+from towerrec.artifact.export import export_artifact
+from towerrec.artifact.towers import save_tower
+from towerrec.artifact.update import add_items, remove_items, set_metrics
+from towerrec.index import build_index, build_sharded_index, describe
+from towerrec.model.encode import encode_texts, normalize_rows
+from towerrec.artifact import export as artifact_export, store
+from towerrec.utils.io import sha256_file
 from towerrec.data.text import TextConfig, render_items
-from towerrec.encoders import load_encoder
-from towerrec.export import Artifact, ArtifactError, IndexConfig
+from towerrec.model.encoders import load_encoder
+from towerrec.artifact import Artifact
+from towerrec.artifact.format import ArtifactError
+from towerrec.index import IndexConfig
 from towerrec.retrieval import Retriever
-from towerrec.towers import TwoTower
+from towerrec.model.towers import TwoTower
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BERT = {"vocab_size": 300, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -56,7 +65,7 @@ def tokenizer(encoder_and_tokenizer):
 
 def do_export(out, model, tokenizer, split, index_cfg=None, **kwargs):
     train_cfg = {"model": {"encoder": {"random_init": TINY_BERT}}, "data": {"user_id_secret": "s3cret-key"}}
-    return ex.export_artifact(out, model, tokenizer, split, TEXT, **LENGTHS, index_cfg=index_cfg, train_cfg=train_cfg,
+    return export_artifact(out, model, tokenizer, split, TEXT, **LENGTHS, index_cfg=index_cfg, train_cfg=train_cfg,
                               metrics={"test/recall@10": 0.25}, batch_size=32, progress=False, **kwargs)
 
 
@@ -96,7 +105,7 @@ def test_round_trip_restores_vectors_towers_and_manifest(base, model, tokenizer,
     assert TextConfig.from_dict(json.loads((base / "text.json").read_text())) == TEXT
 
     # stored vectors = the product tower's, unit norm; the index finds each item as its own best match
-    expected = ex.encode_texts(model.item_tower, tokenizer, render_items(split.catalog, TEXT), 32)
+    expected = encode_texts(model.item_tower, tokenizer, render_items(split.catalog, TEXT), 32)
     np.testing.assert_array_equal(art.embeddings, expected)
     np.testing.assert_allclose(np.linalg.norm(art.embeddings, axis=1), 1.0, atol=1e-5)
     _, labels = art.index.search(art.embeddings[:5], 1)
@@ -114,7 +123,7 @@ def test_round_trip_restores_vectors_towers_and_manifest(base, model, tokenizer,
     texts = ["Korsen road bike ; blue socks", "a blender"]
     for which, tower in (("user", model.user_tower), ("item", model.item_tower)):
         rebuilt = art.tower(which)
-        np.testing.assert_allclose(rebuilt.encode(texts), ex.encode_texts(tower, tokenizer, texts, 48), atol=1e-6)
+        np.testing.assert_allclose(rebuilt.encode(texts), encode_texts(tower, tokenizer, texts, 48), atol=1e-6)
         assert rebuilt.tokenizer("a blender")["input_ids"] == tokenizer("a blender")["input_ids"]
     assert art.user_tower.max_length == 48 and art.item_tower.max_length == 32
 
@@ -138,7 +147,7 @@ def test_tower_with_projection_id_embedding_and_separate_encoders(tmp_path, spli
     assert art.user_tower.meta["id_embedding"] is None
     texts = render_items(split.catalog, TEXT)[:6]
     ids = np.arange(6)
-    trained = ex.encode_texts(model.item_tower, tokenizer, texts, 32, item_idx=ids)
+    trained = encode_texts(model.item_tower, tokenizer, texts, 32, item_idx=ids)
     np.testing.assert_allclose(art.item_tower.encode(texts, item_idx=ids), trained, atol=1e-6)
     np.testing.assert_allclose(art.embeddings[:6], trained, atol=1e-6)
     # the id embedding is part of the stored vectors: text alone gives other vectors
@@ -150,7 +159,7 @@ def test_tower_with_projection_id_embedding_and_separate_encoders(tmp_path, spli
 
 def _rewrite_checksum(path: Path, rel: str) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
-    manifest["files"][rel]["sha256"] = ex.sha256_file(path / rel)
+    manifest["files"][rel]["sha256"] = sha256_file(path / rel)
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -204,7 +213,7 @@ def test_tampered_artifact_is_refused_naming_the_file(art_dir, case):
     with pytest.raises(ArtifactError, match=message):
         Artifact.load(art_dir, verify=True)
     assert issubclass(ArtifactError, ValueError)
-    assert ex.main(["verify", str(art_dir)]) == 1
+    assert main(["verify", str(art_dir)]) == 1
 
 
 def test_verify_false_skips_checksums_but_not_structure(art_dir):
@@ -227,7 +236,7 @@ def _snapshot(path: Path) -> dict[str, bytes]:
 def test_interrupted_export_leaves_the_previous_export_intact(art_dir, model, tokenizer, split, monkeypatch):
     before = _snapshot(art_dir)
     calls = []
-    real_save_tower = ex.save_tower
+    real_save_tower = save_tower
 
     def crash_on_second_tower(*args, **kwargs):
         calls.append(1)
@@ -235,7 +244,7 @@ def test_interrupted_export_leaves_the_previous_export_intact(art_dir, model, to
             raise RuntimeError("simulated crash while writing the item tower")
         return real_save_tower(*args, **kwargs)
 
-    monkeypatch.setattr(ex, "save_tower", crash_on_second_tower)
+    monkeypatch.setattr(artifact_export, "save_tower", crash_on_second_tower)
     with pytest.raises(RuntimeError, match="simulated crash"):
         do_export(art_dir, model, tokenizer, split)
     assert _snapshot(art_dir) == before
@@ -243,8 +252,8 @@ def test_interrupted_export_leaves_the_previous_export_intact(art_dir, model, to
     Artifact.load(art_dir)
 
     # a crash after the old version was renamed aside, before the new one was renamed in
-    monkeypatch.setattr(ex, "save_tower", real_save_tower)
-    real_rename = ex.os.rename
+    monkeypatch.setattr(artifact_export, "save_tower", real_save_tower)
+    real_rename = store.os.rename
     renames = []
 
     def crash_on_second_rename(src, dst):
@@ -253,13 +262,13 @@ def test_interrupted_export_leaves_the_previous_export_intact(art_dir, model, to
             raise KeyboardInterrupt("killed between the renames")
         return real_rename(src, dst)
 
-    monkeypatch.setattr(ex.os, "rename", crash_on_second_rename)
+    monkeypatch.setattr(store.os, "rename", crash_on_second_rename)
     with pytest.raises(KeyboardInterrupt):
         do_export(art_dir, model, tokenizer, split)
-    monkeypatch.setattr(ex.os, "rename", real_rename)
+    monkeypatch.setattr(store.os, "rename", real_rename)
     assert not art_dir.exists()
     assert Artifact.load(art_dir).manifest["files"] == json.loads(before["manifest.json"])["files"]  # from aside
-    ex.set_metrics(art_dir, {"test/recall@10": 0.5})  # an update restores the aside version first
+    set_metrics(art_dir, {"test/recall@10": 0.5})  # an update restores the aside version first
     assert Artifact.load(art_dir).manifest["metrics"] == {"test/recall@10": 0.5}
     assert not (art_dir.parent / ".artifact.old").exists()
     # a dead writer's temporary directory is cleaned up, the previous version restored, then replaced
@@ -291,7 +300,7 @@ def test_index_presets_export_load_and_search(tmp_path, model, tokenizer, split,
     cfg = preset(name)
     art = Artifact.load(do_export(tmp_path / name, model, tokenizer, split, index_cfg=cfg))
     info = art.manifest["index"]
-    chain = ex.describe(art.index)
+    chain = describe(art.index)
     assert info["search"] == cfg.get("search", {})
     if name == "hnsw":
         assert info["factory"] == "IDMap2,HNSW32,Flat"
@@ -318,8 +327,8 @@ def test_two_shards_answer_exactly_like_one_flat_index():
     x = rng.standard_normal((1000, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     ids = np.arange(1000, dtype=np.int64) + 5
-    flat, _ = ex.build_index(x, ids, "IDMap2,Flat")
-    shards, parts, info = ex.build_sharded_index(x, ids, 2, "IDMap2,Flat")
+    flat, _ = build_index(x, ids, "IDMap2,Flat")
+    shards, parts, info = build_sharded_index(x, ids, 2, "IDMap2,Flat")
     assert isinstance(shards, faiss.IndexShards) and shards.ntotal == 1000 and info["shards"] == 2
     assert [p.ntotal for p in parts] == [500, 500]
     queries = rng.standard_normal((20, 16)).astype(np.float32)
@@ -345,8 +354,8 @@ def test_sharded_export_loads_as_shards_and_retrieves_like_the_flat_one(tmp_path
     got, want = sharded.search(q, 5, [{0}] * 7), flat.search(q, 5, [{0}] * 7)
     assert [[i for i, _ in r] for r in got] == [[i for i, _ in r] for r in want]
     # adding to a sharded artifact fills one shard; removal works on every shard
-    ex.add_items(path, pd.DataFrame([{"item_id": "NEW-1", "title": "Brand new gadget", "category": "Electronics"}]))
-    ex.remove_items(path, [split.catalog.item_ids[0]])
+    add_items(path, pd.DataFrame([{"item_id": "NEW-1", "title": "Brand new gadget", "category": "Electronics"}]))
+    remove_items(path, [split.catalog.item_ids[0]])
     art = Artifact.load(path)
     assert art.index.ntotal == split.num_items and sum(p.ntotal for p in art.parts) == split.num_items
     ids = {int(i) for i in art.index.search(art.embeddings, art.num_items)[1].ravel()}
@@ -366,7 +375,7 @@ def _new_rows(split) -> pd.DataFrame:
 
 def test_added_products_become_retrievable_without_retraining(art_dir, split):
     before = Artifact.load(art_dir)
-    summary = ex.add_items(art_dir, _new_rows(split))
+    summary = add_items(art_dir, _new_rows(split))
     assert summary == {"added": 2, "updated": 0, "num_items": 82}
     art = Artifact.load(art_dir, verify=True)
     m = art.manifest
@@ -391,27 +400,27 @@ def test_added_products_become_retrievable_without_retraining(art_dir, split):
 def test_replace_updates_in_place_and_remove_drops_products(art_dir, split):
     changed = split.catalog.items.iloc[[3]].assign(title="Completely different title for a tent")
     with pytest.raises(ArtifactError, match="already present"):
-        ex.add_items(art_dir, changed, replace=False)
-    assert ex.add_items(art_dir, changed) == {"added": 0, "updated": 1, "num_items": 80}
+        add_items(art_dir, changed, replace=False)
+    assert add_items(art_dir, changed) == {"added": 0, "updated": 1, "num_items": 80}
     art = Artifact.load(art_dir)
     row = art.items.iloc[3]
     assert row["row_id"] == 3 and row["title"] == "Completely different title for a tent"
     assert "Completely different title for a tent" in row["text"] and art.index.ntotal == 80
-    expected = ex.normalize_rows(art.item_tower.encode([row["text"]]))[0]
+    expected = normalize_rows(art.item_tower.encode([row["text"]]))[0]
     np.testing.assert_allclose(art.embeddings[3], expected, atol=1e-6)
     _, labels = art.index.search(expected[None], 1)
     assert labels[0, 0] == 3
 
     gone = split.catalog.item_ids[[0, 5]].tolist()
     with pytest.raises(ArtifactError, match="unknown item id"):
-        ex.remove_items(art_dir, ["no-such-item"])
-    assert ex.remove_items(art_dir, gone) == {"removed": 2, "num_items": 78}
+        remove_items(art_dir, ["no-such-item"])
+    assert remove_items(art_dir, gone) == {"removed": 2, "num_items": 78}
     art = Artifact.load(art_dir)
     assert art.index.ntotal == 78 and not set(gone) & set(art.items.item_id)
     labels = art.index.search(art.embeddings, 78)[1]
     assert not {0, 5} & set(labels.ravel().tolist())
     # ids are never reused: a product added after a removal gets a fresh one
-    ex.add_items(art_dir, pd.DataFrame([{"item_id": "NEW-2", "title": "Another thing"}]))
+    add_items(art_dir, pd.DataFrame([{"item_id": "NEW-2", "title": "Another thing"}]))
     assert Artifact.load(art_dir).items["row_id"].iloc[-1] == 80
     assert [h["action"] for h in Artifact.load(art_dir).manifest["history"]] == ["add", "remove", "add"]
 
@@ -421,13 +430,13 @@ def test_removal_is_incremental_where_the_index_allows_it_else_a_rebuild(tmp_pat
                                                                           removable):
     path = do_export(tmp_path / name, model, tokenizer, split, index_cfg=preset(name))
     factory = Artifact.load(path).manifest["index"]["factory"]
-    ex.add_items(path, pd.DataFrame([{"item_id": "NEW-1", "title": "Brand new gadget"}]))  # adding always works
+    add_items(path, pd.DataFrame([{"item_id": "NEW-1", "title": "Brand new gadget"}]))  # adding always works
     assert Artifact.load(path).index.ntotal == 81
     if not removable:
         with pytest.raises(ArtifactError, match=r"cannot remove vectors.*rebuild"):
-            ex.remove_items(path, ["NEW-1"])
+            remove_items(path, ["NEW-1"])
         assert Artifact.load(path).num_items == 81
-    ex.remove_items(path, ["NEW-1", split.catalog.item_ids[2]], rebuild=not removable)
+    remove_items(path, ["NEW-1", split.catalog.item_ids[2]], rebuild=not removable)
     art = Artifact.load(path)
     assert art.num_items == art.index.ntotal == 79
     assert art.manifest["index"]["factory"] == factory  # a rebuild keeps the index kind
@@ -441,11 +450,11 @@ def test_cli_add_remove_verify(art_dir, tmp_path, split, capsys):
     csv = tmp_path / "new.csv"
     row = {"item_id": "00123", "title": "CLI gadget", "brand": "Cli", "category": "Electronics", "price": 3}
     pd.DataFrame([row]).to_csv(csv, index=False)
-    assert ex.main(["add", str(art_dir), str(csv)]) == 0
+    assert main(["add", str(art_dir), str(csv)]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["added"] == 1
     assert "00123" in Artifact.load(art_dir).items["item_id"].tolist()  # ids stay strings
-    assert ex.main(["add", str(art_dir), str(csv), "--no-replace"]) == 1
+    assert main(["add", str(art_dir), str(csv), "--no-replace"]) == 1
     assert "already present" in capsys.readouterr().err
-    assert ex.main(["remove", str(art_dir), "00123"]) == 0
-    assert ex.main(["verify", str(art_dir)]) == 0
+    assert main(["remove", str(art_dir), "00123"]) == 0
+    assert main(["verify", str(art_dir)]) == 0
     assert "80 items" in capsys.readouterr().out

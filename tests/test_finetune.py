@@ -37,15 +37,15 @@ def tiny_lm():
 
 def tiny_artifact(split, path: Path):
     """An exported artifact of an untrained tiny two-tower model over `split` (fixed random vectors)."""
-    from towerrec import export as ex
+    from towerrec.artifact.export import export_artifact
     from towerrec.data.text import TextConfig, render_items
-    from towerrec.encoders import load_encoder
-    from towerrec.towers import TwoTower
+    from towerrec.model.encoders import load_encoder
+    from towerrec.model.towers import TwoTower
 
     text = TextConfig(user_max_items=3, user_max_tokens=48)
     torch.manual_seed(0)
     encoder, tok = load_encoder({"random_init": dict(TINY_BERT)}, corpus=render_items(split.catalog, text))
-    return ex.export_artifact(path, TwoTower(encoder).eval(), tok, split, text, item_max_length=32,
+    return export_artifact(path, TwoTower(encoder).eval(), tok, split, text, item_max_length=32,
                               user_max_length=48, progress=False)
 
 
@@ -236,7 +236,7 @@ STAGE = ["stage=rerank", "++artifact=ART", "rerank.model_path=random_init", "rer
 
 
 def test_stage_rerank_without_an_artifact_says_what_to_pass(compose, tmp_path):
-    from towerrec.pipeline import train
+    from towerrec.tasks.train import train
 
     cfg = compose([*SMALL_WORLD, *(o for o in STAGE if not o.startswith("++artifact"))], tmp_path / "run")
     with pytest.raises(ValueError, match="artifact=PATH"):
@@ -247,7 +247,8 @@ def test_stage_rerank_without_an_artifact_says_what_to_pass(compose, tmp_path):
 
 
 def test_stage_rerank_trains_saves_and_evaluates_an_adapter(compose, tmp_path):
-    from towerrec.pipeline import load_split, train
+    from towerrec.data.load import load_split
+    from towerrec.tasks.train import train
     from towerrec.rerank.reranker import Reranker
 
     probe = compose(SMALL_WORLD, tmp_path / "probe")

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from towerrec.baselines import encode_texts
-from towerrec.encoders import load_encoder
-from towerrec.towers import TwoTower
+from towerrec.model.encoders import load_encoder
+from towerrec.model.towers import TwoTower
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from towerrec.loss import (
+from towerrec.model.loss import (
     CrossBatchMemory,
     cached_loss_backward,
     gather_with_grad,
@@ -18,7 +18,6 @@ from towerrec.loss import (
     log_q_from_counts,
     rank_offset_labels,
     split_into_chunks,
-    uniform_negatives,
 )
 
 # Two queries and two positive items in 3 dims, all unit length:
@@ -141,6 +140,31 @@ def test_rank_offset_labels_point_at_this_ranks_positives():
     assert expected == pytest.approx((0.877998 + 0.853558) / 2, abs=1e-6)
 
 
+def test_rank_offset_labels_skip_every_ranks_uniform_negatives():
+    # 2 ranks x (B = 2 positives + U = 1 uniform negative): each rank sends 3 rows, gathered in rank order
+    #   columns: 0 pos_0a, 1 pos_0b, 2 neg_0 | 3 pos_1a, 4 pos_1b, 5 neg_1
+    # rank 0's queries point at columns 0, 1; rank 1's at 3, 4 (not 2, 3: column 2 is rank 0's negative).
+    assert rank_offset_labels(2, rank=0, columns_per_rank=3).tolist() == [0, 1]
+    assert rank_offset_labels(2, rank=1, columns_per_rank=3).tolist() == [3, 4]
+    # 3 ranks x (B = 2 + U = 2): rank r's positives start at column 4 r
+    assert [rank_offset_labels(2, rank=r, columns_per_rank=4).tolist() for r in range(3)] == [[0, 1], [4, 5], [8, 9]]
+    assert rank_offset_labels(2, columns_per_rank=3).tolist() == [0, 1]  # no process group: rank 0
+    with pytest.raises(ValueError, match="columns_per_rank"):
+        rank_offset_labels(3, rank=1, columns_per_rank=2)  # fewer rows per rank than positives
+
+    # The loss of rank 1 (queries q0, q1) with those labels. Rank 0 sent three rows e (scores 0 with both
+    # queries, ids 20, 21, 22); rank 1 sent its positives i0, i1 and its negative e (id 23):
+    # row 0: scores [0, 0, 0, 1.0 (positive), 0.6, 0] -> log(1 + e^-0.4 + 4 e^-1.0) = 1.144808
+    # row 1: scores [0, 0, 0, 0.0, 0.8 (positive), 0] -> log(1 + 5 e^-0.8)          = 1.177622
+    items = torch.cat([EXTRA, EXTRA, EXTRA, ITEMS, EXTRA])
+    ids = torch.tensor([20, 21, 22, 10, 11, 23])
+    labels = rank_offset_labels(2, rank=1, columns_per_rank=3)
+    per_row = in_batch_softmax_loss(Q, items, ids, temperature=1.0, labels=labels, reduction="none")
+    expected = [math.log(1 + math.exp(-0.4) + 4 * math.exp(-1.0)), math.log(1 + 5 * math.exp(-0.8))]
+    assert per_row.tolist() == pytest.approx(expected, abs=1e-12)
+    assert expected == pytest.approx([1.144808, 1.177622], abs=1e-6)
+
+
 def test_gradient_reaches_a_learned_temperature():
     # L(t) = mean_r softplus(-d_r / t) with margins d = (0.4, 0.8), so
     # dL/dt = mean_r sigmoid(-d_r / t) * d_r / t^2; at t = 1: (0.401312 * 0.4 + 0.310026 * 0.8) / 2 = 0.204273
@@ -225,15 +249,6 @@ def test_log_q_from_counts():
         log_q_from_counts(torch.tensor([1, -1]))
     with pytest.raises(ValueError, match="1-D"):
         log_q_from_counts(torch.zeros(2, 2))
-
-
-def test_uniform_negatives():
-    first = uniform_negatives(5, 100, torch.Generator().manual_seed(3))
-    again = uniform_negatives(5, 100, torch.Generator().manual_seed(3))
-    assert torch.equal(first, again) and first.dtype == torch.long
-    assert first.min() >= 0 and first.max() <= 4 and len(first.unique()) == 5
-    with pytest.raises(ValueError):
-        uniform_negatives(0, 3)
 
 
 def test_cross_batch_memory_is_a_fifo_of_fixed_capacity():

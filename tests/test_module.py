@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from towerrec import evaluation, loss as losses
+from towerrec import evaluation
 from towerrec.data import synthetic
-from towerrec.data.datamodule import BucketBatchSampler, RetrievalDataModule, pad_batch
+from towerrec.data.datamodule import BucketBatchSampler, RetrievalDataModule
 from towerrec.data.splits import leave_last_out
 from towerrec.data.text import TextConfig, render_items
-from towerrec.encoders import load_encoder
-from towerrec.module import RetrievalModule
-from towerrec.towers import TwoTower
+from towerrec.data.tokens import pad_batch
+from towerrec.model import loss as losses
+from towerrec.model.encoders import load_encoder
+from towerrec.model.module import RetrievalModule
+from towerrec.model.towers import TwoTower
 
 TINY_BERT = {"vocab_size": 300, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
              "intermediate_size": 32, "max_position_embeddings": 128}
@@ -77,7 +79,7 @@ def make_module(corpus, split, *, seed=0, encoder_cfg=None, optimizer=None, item
     counts = split.item_counts()
     model = TwoTower(encoder, item_id_counts=counts if item_ids else None)
     optimizer = optimizer or functools.partial(torch.optim.AdamW, lr=5e-3)
-    return RetrievalModule(model, optimizer, item_counts=counts, ks=(5, 10, 20), **kwargs)
+    return RetrievalModule(model, optimizer, item_counts=counts, eval_config={"ks": (5, 10, 20)}, **kwargs)
 
 
 def make_trainer(**kwargs) -> L.Trainer:
@@ -252,3 +254,67 @@ def test_log_q_correction_changes_the_loss_of_a_fixed_batch(corpus, split):
     log_q[6:] = -math.log(split.num_items)  # uniform negatives: q = 1/N
     torch.testing.assert_close(corrected, losses.in_batch_softmax_loss(q, items, ids, 0.2, log_q))
     torch.testing.assert_close(plain, losses.in_batch_softmax_loss(q, items, ids, 0.2))
+
+
+# ------------------------------------------------------------------------------------------- labels
+
+
+def test_training_step_takes_its_labels_from_rank_offset_labels(corpus, split, tokenizer, cache_dir, monkeypatch):
+    calls, used = [], []
+    real_labels, real_loss = losses.rank_offset_labels, losses.in_batch_softmax_loss
+
+    def spy_labels(*args, **kwargs):
+        out = real_labels(*args, **kwargs)
+        calls.append((args, kwargs, out))
+        return out
+
+    def spy_loss(q, items, ids, temperature, log_q=None, labels=None, *args, **kwargs):
+        used.append(labels)
+        return real_loss(q, items, ids, temperature, log_q, labels, *args, **kwargs)
+
+    monkeypatch.setattr(losses, "rank_offset_labels", spy_labels)
+    monkeypatch.setattr(losses, "in_batch_softmax_loss", spy_loss)
+    dm = make_dm(split, tokenizer, cache_dir, uniform_negatives=4)
+    for kwargs in ({}, {"cache_chunk_size": 3}):  # the plain step and the GradCache step
+        calls.clear(), used.clear()
+        make_trainer(max_steps=2, limit_val_batches=0).fit(make_module(corpus, split, **kwargs), datamodule=dm)
+        assert len(calls) == len(used) == 2
+        for (args, kw, labels), passed in zip(calls, used):
+            # one rank: rank 0, B = 8 positives of 8 + 4 item rows
+            assert args[:2] == (DM_ARGS["batch_size"], 0) and kw["columns_per_rank"] == DM_ARGS["batch_size"] + 4
+            assert passed is labels and labels.tolist() == list(range(DM_ARGS["batch_size"]))
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_ddp_labels_point_past_the_other_ranks_uniform_negatives(split, monkeypatch, rank):
+    """2 ranks x (B = 3 positives + U = 2 uniform negatives), the all-gather faked in-process: the module's
+    loss is the loss over the gathered rows with hand-computed labels."""
+    B, U, D = 3, 2, 16
+    module = RetrievalModule(torch.nn.Identity(), optimizer=lambda params: None, temperature=0.1,
+                             item_counts=split.item_counts())
+    from types import SimpleNamespace
+
+    module.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+    g = torch.Generator().manual_seed(rank)
+    norm = torch.nn.functional.normalize
+    q = norm(torch.randn(B, D, generator=g), dim=-1)
+    items = norm(torch.randn(B + U, D, generator=g), dim=-1)  # this rank's B positives + U negatives
+    other_items = norm(torch.randn(B + U, D, generator=g), dim=-1)  # the other rank's
+    ids, other_ids = torch.tensor([1, 2, 3, 4, 5]), torch.tensor([6, 7, 8, 9, 10])
+    uniform = -math.log(split.num_items)
+    log_q_of = lambda i: torch.cat([module.log_q[i[:B]], torch.full((U,), uniform)])
+    other = {"items": other_items, "ids": other_ids, "log_q": log_q_of(other_ids)}
+
+    def fake_gather(x):  # rank order: [rank 0's B + U rows, rank 1's B + U rows]
+        key = "items" if x.ndim == 2 else "log_q" if x.is_floating_point() else "ids"
+        return torch.cat([x, other[key]] if rank == 0 else [other[key], x])
+
+    monkeypatch.setattr(losses, "gather_with_grad", fake_gather)
+    loss = module._loss(q, items, ids, B)
+
+    labels = torch.tensor([[0, 1, 2], [5, 6, 7]][rank])  # rank 1: columns 5..7, after rank 0's 3 + 2 rows
+    order = (lambda mine, theirs: torch.cat([mine, theirs] if rank == 0 else [theirs, mine]))
+    args = (order(items, other_items), order(ids, other_ids), module.temperature, order(log_q_of(ids), other["log_q"]))
+    torch.testing.assert_close(loss, losses.in_batch_softmax_loss(q, *args, labels))
+    if rank == 1:  # rank * B (the labels without the negatives) would point at rank 0's negatives
+        assert not torch.isclose(loss, losses.in_batch_softmax_loss(q, *args, torch.tensor([3, 4, 5])))

@@ -19,9 +19,11 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from towerrec import analysis, evaluation, plots
+from towerrec import evaluation
+from towerrec.reporting import analysis, plots
+from towerrec.tasks import plots as plots_task
 from towerrec.data.splits import Examples
-from towerrec.sweeps import load_sweep, swept_params
+from towerrec.reporting.sweeps import load_sweep, swept_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -299,8 +301,8 @@ def test_a_plotting_failure_is_logged_not_raised(tiny_split, tmp_path, monkeypat
 
     monkeypatch.setattr(analysis, "default_baselines", broken)
     cfg = OmegaConf.create({"model": {"kind": "popularity"}, "eval": {}})
-    with caplog.at_level(logging.ERROR, logger="towerrec.plots"):
-        assert plots.save_figures_after_training(cfg, tmp_path, tiny_split, {"scorer": lambda h, u: None}) == {}
+    with caplog.at_level(logging.ERROR, logger="towerrec.tasks.plots"):
+        assert plots_task.save_figures_after_training(cfg, tmp_path, tiny_split, {"scorer": lambda h, u: None}) == {}
     assert "could not save the run's figures" in caplog.text and "boom" in caplog.text
 
 
@@ -313,7 +315,7 @@ def _train(overrides: list[str], tmp: Path) -> tuple[Path, dict]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict
 
-    from towerrec.pipeline import train
+    from towerrec.tasks.train import train
 
     run_dir = tmp / "run"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -367,33 +369,33 @@ def test_cli_recreates_the_figures_of_a_finished_run(tiny_run, tmp_path, monkeyp
     run_dir, metrics = tiny_run
     out = tmp_path / "again"
     monkeypatch.chdir(ROOT)
-    assert plots.main([str(run_dir), "--baselines", "popularity", "--out", str(out)]) == 0
+    assert plots_task.main([str(run_dir), "--baselines", "popularity", "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"data.png", "training.png", "metrics_at_k.png", "metrics_at_k.csv",
                                               "popularity_bias.png"}
     table = pd.read_csv(out / "metrics_at_k.csv").set_index(["model", "k"])
     assert set(table.index.get_level_values("model")) == {"two-tower", "popularity"}
     assert table.loc[("two-tower", 10), "recall"] == pytest.approx(metrics["test/recall@10"], abs=1e-6)
     with pytest.raises(SystemExit):
-        plots.main([str(run_dir), "--baselines", "bogus"])
+        plots_task.main([str(run_dir), "--baselines", "bogus"])
 
 
 def test_plots_false_skips_the_figures(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from towerrec import pipeline
+    from towerrec.tasks import train as train_task
 
     called = []
-    monkeypatch.setattr(plots, "save_figures_after_training", lambda *a, **k: called.append(a))
+    monkeypatch.setattr(train_task, "save_figures_after_training", lambda *a, **k: called.append(a))
     cfg = OmegaConf.create({"seed": 0, "stage": "train", "plots": False, "paths": {"output_dir": str(tmp_path)},
                             "data": {}, "model": {"kind": "popularity"}, "eval": {}, "logger": None})
 
     class FakeSplit:
         name, num_items = "fake", 1
 
-    monkeypatch.setattr(pipeline, "load_split", lambda data: FakeSplit())
-    monkeypatch.setattr(pipeline, "build_baseline", lambda cfg, split: None)
-    monkeypatch.setattr(pipeline, "evaluate_scorer", lambda *a, **k: {"test/recall@10": 0.5})
-    pipeline.train(cfg)
+    monkeypatch.setattr(train_task, "load_split", lambda data: FakeSplit())
+    monkeypatch.setattr(train_task, "build_baseline", lambda params, split, text: None)
+    monkeypatch.setattr(train_task.evaluation, "evaluate_split", lambda *a, **k: {"test/recall@10": 0.5})
+    train_task.train(cfg)
     assert called == [] and (tmp_path / "metrics.json").is_file()
-    pipeline.train(OmegaConf.merge(cfg, {"plots": True}))
+    train_task.train(OmegaConf.merge(cfg, {"plots": True}))
     assert len(called) == 1

@@ -422,11 +422,11 @@ def test_rerank_dir_merges_a_lora_adapter(tiny_lm, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_retriever(tiny_split, tmp_path_factory):
     """An artifact of an untrained tiny two-tower model over the tiny split (random but fixed vectors)."""
-    from towerrec import export as ex
+    from towerrec.artifact.export import export_artifact
     from towerrec.data.text import TextConfig, render_items
-    from towerrec.encoders import load_encoder
+    from towerrec.model.encoders import load_encoder
     from towerrec.retrieval import Retriever
-    from towerrec.towers import TwoTower
+    from towerrec.model.towers import TwoTower
 
     text = TextConfig(user_max_items=3, user_max_tokens=48)
     torch.manual_seed(0)
@@ -434,7 +434,7 @@ def tiny_retriever(tiny_split, tmp_path_factory):
                                                  "num_attention_heads": 2, "intermediate_size": 32,
                                                  "max_position_embeddings": 128}},
                                 corpus=render_items(tiny_split.catalog, text))
-    path = ex.export_artifact(tmp_path_factory.mktemp("art") / "artifact", TwoTower(encoder).eval(), tok, tiny_split,
+    path = export_artifact(tmp_path_factory.mktemp("art") / "artifact", TwoTower(encoder).eval(), tok, tiny_split,
                               text, item_max_length=32, user_max_length=48, progress=False)
     return Retriever(path)
 
@@ -464,14 +464,13 @@ def test_evaluate_rerank_matches_the_harness(tiny_split, tiny_retriever):
 def test_stage_run_writes_a_loadable_rerank_dir(tiny_split, tiny_retriever, tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from towerrec import pipeline
-    from towerrec.rerank import evaluate as rerank_eval
+    from towerrec.tasks import rerank as rerank_task
 
-    monkeypatch.setattr(pipeline, "load_split", lambda data_cfg: tiny_split)
+    monkeypatch.setattr(rerank_task, "load_split", lambda data_cfg: tiny_split)
     cfg = OmegaConf.create({"artifact": str(tiny_retriever.artifact.path), "data": {}, "eval": {"ks": [5, 10]},
                             "rerank": {**TINY, "top_n": 10, "dir": str(tmp_path / "rr"), "adapter": None,
                                        "eval": {"valid_users": 20, "test_users": 25, "grid": [0.0, 0.3, 1.0]}}})
-    chosen, objects = rerank_eval.run(cfg)
+    chosen, objects = rerank_task.evaluate_zero_shot(cfg)
     report = objects["report"]
     assert report["users"] == {"valid": 20, "test": 25} and chosen == report["metrics"]["fused"]
     record = json.loads((tmp_path / "rr" / "rerank.json").read_text())

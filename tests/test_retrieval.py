@@ -15,14 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from towerrec import export as ex
+from towerrec.artifact import Artifact
+from towerrec.artifact.export import export_artifact
 from towerrec.data.datamodule import RetrievalDataModule
 from towerrec.data.text import TextConfig, render_items
-from towerrec.encoders import load_encoder
-from towerrec.export import Artifact
-from towerrec.module import RetrievalModule
+from towerrec.model.encode import encode_texts
+from towerrec.model.encoders import load_encoder
+from towerrec.model.module import RetrievalModule
+from towerrec.model.towers import TwoTower
 from towerrec.retrieval import Retriever, evaluate_artifact
-from towerrec.towers import TwoTower
+from towerrec.tasks.export import export_checkpoint, export_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BERT = {"vocab_size": 300, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -48,7 +50,7 @@ def trained(split, tmp_path_factory):
     dm = RetrievalDataModule(split, tokenizer, TEXT, cache_dir=str(tmp_path_factory.mktemp("cache")), **DM_ARGS)
     model = TwoTower(encoder, projection_dim=12, item_id_counts=split.item_counts())
     module = RetrievalModule(model, functools.partial(torch.optim.AdamW, lr=5e-3), item_counts=split.item_counts(),
-                             ks=(5, 10, 20, 50))
+                             eval_config={"ks": (5, 10, 20, 50)})
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         use_distributed_sampler=False)
@@ -61,7 +63,7 @@ def trained(split, tmp_path_factory):
 @pytest.fixture(scope="module")
 def artifact(trained, tmp_path_factory) -> Artifact:
     module, dm = trained
-    path = ex.export_artifact(tmp_path_factory.mktemp("art") / "artifact", module.model, dm.tokenizer, dm.split,
+    path = export_artifact(tmp_path_factory.mktemp("art") / "artifact", module.model, dm.tokenizer, dm.split,
                               dm.text, item_max_length=dm.item_max_length, user_max_length=dm.user_max_length,
                               train_cfg={}, metrics={}, batch_size=dm.eval_batch_size, progress=False)
     return Artifact.load(path)
@@ -102,7 +104,7 @@ def test_embed_user_is_the_user_tower_on_the_training_text(retriever, trained, s
     module, dm = trained
     history = split.examples("test").histories[3]
     vec = retriever.embed_user(split.catalog.item_ids[history].tolist())
-    expected = ex.encode_texts(module.model.user_tower, dm.tokenizer, [dm.user_texts(split.examples("test"))[3]], 48)
+    expected = encode_texts(module.model.user_tower, dm.tokenizer, [dm.user_texts(split.examples("test"))[3]], 48)
     np.testing.assert_allclose(vec, expected[0], atol=1e-6)
     assert vec.shape == (12,) and np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-5)
 
@@ -111,10 +113,10 @@ def test_free_text_is_rendered_first_within_the_budget(retriever, split):
     ids = split.catalog.item_ids[[1, 2]].tolist()
     positions = retriever.history_positions(ids)
     both = retriever.user_text(positions, text="  red   running shoes ")
-    newest = retriever._history_texts[positions[-1]]
+    newest = retriever.items["history_text"].iloc[positions[-1]]
     assert both.startswith("red running shoes" + TEXT.item_sep + newest)  # query, then newest first
-    assert retriever._count_tokens(both) <= TEXT.user_max_tokens + 2  # the older item did not fit the budget
-    assert retriever._history_texts[positions[0]] not in both
+    assert retriever.artifact.user_tower.count_tokens(both) <= TEXT.user_max_tokens + 2  # the older item did not fit the budget
+    assert retriever.items["history_text"].iloc[positions[0]] not in both
     assert retriever.user_text([], text="red running shoes") == "red running shoes"
     assert not np.allclose(retriever.embed_user(ids, text="red running shoes"), retriever.embed_user(ids))
     with pytest.raises(ValueError, match="empty history and no text"):
@@ -162,6 +164,33 @@ def test_search_with_exclusions_and_category_returns_exactly_k_valid(artifact, p
     assert len(many) == len(set(allowed_ids) - exclude[0])
 
 
+@pytest.mark.parametrize("path", ["exact", "overfetch"])
+def test_search_with_a_mask_keeps_only_its_products_and_the_category(artifact, path):
+    r = Retriever(artifact, exact_filter_max=2048 if path == "exact" else 0, exact_filter_fraction=0.0)
+    category = artifact.items["category"].str.split(" > ").str[0].value_counts().index[0]
+    in_category = r.category_mask(category)
+    prices = artifact.table.prices
+    with np.errstate(invalid="ignore"):
+        mask = prices <= np.nanmedian(prices[in_category])  # an (N,) filter over table positions, e.g. a price range
+    both = in_category & mask
+    assert 5 < both.sum() < in_category.sum()
+    q = artifact.embeddings[:4]
+    exclude = [{int(artifact.row_ids[np.flatnonzero(both)[i]])} for i in range(4)]
+    k = int(both.sum()) - 2
+    for qi, hits, excl in zip(q, r.search(q, k, exclude, category, mask=mask), exclude):
+        ids = [i for i, _ in hits]
+        assert len(ids) == k == len(set(ids)) and not set(ids) & excl
+        assert both[artifact.table.positions_of_rows(ids)].all()
+        assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+        assert set(ids) == set(brute_force(artifact, qi, k, excl, both))
+    # the mask alone, and a mask nothing passes
+    alone = r.search(q[:1], 5, None, mask=mask)[0]
+    assert [i for i, _ in alone] == brute_force(artifact, q[0], 5, set(), mask)
+    assert r.search(q[:2], 5, None, mask=np.zeros(artifact.num_items, dtype=bool)) == [[], []]
+    with pytest.raises(ValueError, match=r"mask must have shape \(80,\)"):
+        r.search(q[:1], 5, mask=mask[:-1])
+
+
 class CountingIndex:
     def __init__(self, index):
         self.index, self.fetches = index, []
@@ -205,7 +234,7 @@ def test_category_filter_matches_whole_path_segments(retriever, artifact):
 def test_approximate_index_still_returns_exactly_k(tmp_path, trained, artifact):
     module, dm = trained
     cfg = {"factory": "IVF{nlist},Flat", "nlist": 8, "search": {"nprobe": 1}}
-    path = ex.export_artifact(tmp_path / "ivf", module.model, dm.tokenizer, dm.split, dm.text,
+    path = export_artifact(tmp_path / "ivf", module.model, dm.tokenizer, dm.split, dm.text,
                               item_max_length=32, user_max_length=48, index_cfg=cfg, batch_size=32, progress=False)
     r = Retriever(path)
     assert faiss.extract_index_ivf(r.artifact.index).nprobe == 1
@@ -216,6 +245,13 @@ def test_approximate_index_still_returns_exactly_k(tmp_path, trained, artifact):
     for qi, hits in zip(q, r.search(q, 60, exclude)):
         ids = [i for i, _ in hits]
         assert len(ids) == 60 == len(set(ids)) and not set(ids) & set(range(10))
+    # a filter mask on the index path (not scored exactly up front): the exact fallback still finds k
+    masked = Retriever(r.artifact, exact_filter_max=0, exact_filter_fraction=0.0)
+    half = np.arange(masked.num_items) % 2 == 0
+    for hits in masked.search(q, 30, exclude, mask=half):
+        ids = [i for i, _ in hits]
+        assert len(ids) == 30 == len(set(ids)) and not set(ids) & set(range(10))
+        assert half[masked.table.positions_of_rows(ids)].all()
 
 
 def test_recommend_and_similar_items(retriever, artifact, split):
@@ -251,7 +287,8 @@ def test_pipeline_export_and_checkpoint_export_reproduce_the_run_metrics(tmp_pat
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict
 
-    from towerrec.pipeline import load_split, train
+    from towerrec.data.load import load_split
+    from towerrec.tasks.train import train
 
     run_dir = tmp_path / "run"
     overrides = ["experiment=tiny", "data.num_users=60", "data.num_items=80", "data.max_len=8",
@@ -270,7 +307,7 @@ def test_pipeline_export_and_checkpoint_export_reproduce_the_run_metrics(tmp_pat
                 cfg.index = OmegaConf.load(ROOT / "conf" / "index" / "flat.yaml")
                 cfg.export = OmegaConf.load(ROOT / "conf" / "export" / "default.yaml")
         metrics, objects = train(cfg)
-        path = ex.export_run(cfg, objects, metrics)
+        path = export_run(cfg, objects, metrics)
         assert path == run_dir / "artifact"
         art = Artifact.load(path)
         assert art.manifest["metrics"]["test/recall@10"] == metrics["test/recall@10"]
@@ -281,7 +318,7 @@ def test_pipeline_export_and_checkpoint_export_reproduce_the_run_metrics(tmp_pat
 
         ckpt = objects["best_ckpt"]
         assert ckpt is not None
-        path2 = ex.export_checkpoint(cfg, ckpt, out_dir=tmp_path / "from_ckpt")
+        path2 = export_checkpoint(cfg, ckpt, out_dir=tmp_path / "from_ckpt")
         art2 = Artifact.load(path2)
         np.testing.assert_array_equal(art2.embeddings, art.embeddings)
         assert art2.manifest["train_config"]["ckpt_path"] == str(ckpt)

@@ -23,15 +23,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serve_helpers import (FailingReranker, InventingExplainer, ReverseReranker, ServerThread, SlowReranker, Switch,
-                           TitleExplainer, export_tiny_artifact)
-from towerrec import export as ex
-from towerrec.export import Artifact
+from serve_helpers import (FailingReranker, ForeignReranker, InventingExplainer, ReverseReranker, ServerThread,
+                           SlowReranker, Switch, TitleExplainer, export_tiny_artifact)
+from towerrec.artifact import Artifact
+from towerrec.artifact.format import ITEMS_FILE, USERS_FILE
+from towerrec.artifact.update import add_items, remove_items
 from towerrec.retrieval import Retriever
 from towerrec.serving import LMComponents, ServeConfig, StageSettings, create_app
 from towerrec.serving.components import BudgetedStage
-from towerrec.serving.service import masked_search
 from towerrec.serving.state import LRUCache, ServiceState, category_prefixes
+from towerrec.utils.io import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-123"
@@ -89,7 +90,7 @@ def _reset_doubles(doubles):
 
 def user_history(artifact, i: int = 0) -> tuple[str, list[str]]:
     """The i-th known user with at least 3 items: (user id, history item ids)."""
-    users = pd.read_parquet(artifact.path / ex.USERS_FILE)
+    users = pd.read_parquet(artifact.path / USERS_FILE)
     users = users[users["items"].map(len) >= 3].reset_index(drop=True)
     return str(users.loc[i, "user_id"]), [str(x) for x in users.loc[i, "items"]]
 
@@ -233,14 +234,31 @@ def test_category_price_and_seen_filters(server, artifact, retriever):
 
 
 def test_over_fetch_path_with_a_price_mask_equals_exact_scoring(artifact_dir, retriever):
+    """The service's filtered search is Retriever.search with a mask: exact scoring and index over-fetch agree."""
     state = ServiceState.load(artifact_dir, warm=False)
-    vec = retriever.embed_user(list(state.shown[i]["item_id"] for i in (1, 2, 3)))
-    mask = ~np.isnan(state.prices) & (state.prices < np.nanmedian(state.prices) * 1.5)
-    exact = masked_search(state, vec, 7, {int(state.row_ids[1])}, mask)
+    table = state.table
+    vec = retriever.embed_user([table.products[i]["item_id"] for i in (1, 2, 3)])
+    mask = ~np.isnan(table.prices) & (table.prices < np.nanmedian(table.prices) * 1.5)
+    exclude = [{int(table.row_ids[1])}]
+    exact = state.retriever.search(vec[None], 7, exclude, mask=mask)[0]
     state.retriever.exact_filter_max, state.retriever.exact_filter_fraction = 0, 0.0  # force the index path
-    over_fetched = masked_search(state, vec, 7, {int(state.row_ids[1])}, mask)
-    assert [p for p, _ in over_fetched] == [p for p, _ in exact] and len(exact) == 7
-    assert all(mask[p] and p != 1 for p, _ in exact)
+    over_fetched = state.retriever.search(vec[None], 7, exclude, mask=mask)[0]
+    assert [r for r, _ in over_fetched] == [r for r, _ in exact] and len(exact) == 7
+    positions = table.positions_of_rows([r for r, _ in exact])
+    assert all(mask[p] and p != 1 for p in positions)
+
+
+def test_price_and_category_filters_together(server, artifact, retriever):
+    _, history = user_history(artifact, 0)
+    category = artifact.items["category"].iloc[0].split(" > ")[0]
+    prices = artifact.table.prices
+    hi = float(np.nanmedian(prices))
+    body = post(server, "/recommend", {"history": history, "k": 4, "filters": {"category": category,
+                                                                                "price_max": hi}}).json()
+    cats = artifact.items["category"]
+    with np.errstate(invalid="ignore"):
+        allowed = ((cats == category) | cats.str.startswith(category + " > ")).to_numpy() & (prices <= hi)
+    assert body["items"] and ids(body["items"]) == brute_force(artifact, retriever, history, 4, allowed)
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -364,6 +382,17 @@ def test_failing_rerank_degrades_instead_of_failing(server, artifact, doubles):
     assert r.status_code == 200 and r.json()["served_by"] == "degraded" and "failed" in r.json()["notes"][0]
 
 
+@pytest.mark.parametrize("change", ["drop", "duplicate", "unknown"])
+def test_rerank_returning_other_candidates_is_ignored(server, artifact, doubles, change):
+    """The LM's order is read back as table positions (by row id): anything but a permutation is refused."""
+    _, history = user_history(artifact, 0)
+    retrieval = post(server, "/recommend", {"history": history, "k": 3}).json()
+    doubles["reranker"].impl = ForeignReranker(change)
+    r = post(server, "/recommend", {"history": history, "k": 3, "rerank": True})
+    assert r.status_code == 200 and r.json()["served_by"] == "degraded" and "failed" in r.json()["notes"][0]
+    assert ids(r.json()["items"]) == ids(retrieval["items"])
+
+
 def test_explanations_are_shown_only_when_grounded(server, artifact, doubles):
     _, history = user_history(artifact, 0)
     body = post(server, "/recommend", {"history": history, "k": 3, "explain": True}).json()
@@ -432,7 +461,7 @@ def test_not_ready_while_the_artifact_cannot_be_loaded(tmp_path):
 
 
 def snapshot(directory: Path) -> dict:
-    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, ex.sha256_file(p))
+    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, sha256_file(p))
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
@@ -443,7 +472,7 @@ def reload_setup(artifact_dir, tmp_path):
     b = Path(shutil.copytree(artifact_dir, tmp_path / "b"))
     new = pd.DataFrame([{"item_id": "sku-new", "title": "Brand new thing", "brand": "Novo", "category": "New",
                          "description": "", "price": 1.0}])
-    ex.add_items(b, new)
+    add_items(b, new)
     return a, b, make_cfg(a)
 
 
@@ -503,7 +532,7 @@ def test_reload_swaps_atomically_while_serving(reload_setup, artifact):
 
 def test_reload_of_a_corrupt_artifact_keeps_the_served_one(reload_setup):
     a, b, cfg = reload_setup
-    with open(b / ex.ITEMS_FILE, "r+b") as f:  # flip bytes: the checksum no longer matches
+    with open(b / ITEMS_FILE, "r+b") as f:  # flip bytes: the checksum no longer matches
         f.seek(100)
         f.write(b"\x00\x01\x02\x03")
     with ServerThread(create_app(cfg)) as srv:
@@ -521,7 +550,7 @@ def test_reload_of_a_corrupt_artifact_keeps_the_served_one(reload_setup):
 @pytest.mark.slow
 def test_serve_py_starts_and_reloads_on_sighup(artifact_dir, tmp_path):
     served = Path(shutil.copytree(artifact_dir, tmp_path / "artifact"))
-    removed = pd.read_parquet(served / ex.ITEMS_FILE)["item_id"].iloc[0]
+    removed = pd.read_parquet(served / ITEMS_FILE)["item_id"].iloc[0]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), f"artifacts={served}", "port=0",
                              f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -543,7 +572,7 @@ def test_serve_py_starts_and_reloads_on_sighup(artifact_dir, tmp_path):
             time.sleep(0.1)
         old = httpx.get(url + "/readyz").json()["artifact"]["version"]
         assert httpx.get(f"{url}/items/{removed}").status_code == 200
-        ex.remove_items(served, [removed])  # a new version renamed into place
+        remove_items(served, [removed])  # a new version renamed into place
         proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 60
         while httpx.get(url + "/readyz").json()["artifact"]["version"] == old and time.monotonic() < deadline:
@@ -662,8 +691,38 @@ def test_lru_cache_and_category_prefixes():
         "Home", "Home > Kitchen", "Home > Kitchen > Coffee", "Books"}
 
 
-def test_openapi_document_is_json_serialisable(server):
-    json.dumps(server.client.get("/openapi.json").json())
+def test_openapi_document_is_json_with_examples_from_the_served_artifact(server, artifact):
+    r = server.client.get("/openapi.json")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    schema = r.json()
+    assert json.loads(json.dumps(schema)) == schema and schema["openapi"].startswith("3.")
+    popular = artifact.items["item_id"].iloc[np.argsort(-artifact.popularity, kind="stable")[:3]].tolist()
+    content = schema["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]
+    examples = {name: e["value"] for name, e in content["examples"].items()}
+    assert examples["history"] == {"history": popular[:2], "k": 5} and examples["cold_start"] == {"k": 5}
+    assert examples["known_user"]["user_id"] in artifact.users
+    item_param = next(p for p in schema["paths"]["/items/{item_id}"]["get"]["parameters"] if p["name"] == "item_id")
+    assert item_param["example"] == popular[0]
+    for name, body in examples.items():  # every published example is a request the service answers
+        answer = post(server, "/recommend", body)
+        assert answer.status_code == 200 and answer.json()["items"], (name, answer.text)
+
+
+def test_the_http_server_does_not_import_lightning(artifact_dir):
+    """Serving (app, server, state) and loading an artifact need torch and the towers, never Lightning."""
+    code = "\n".join([
+        "import sys",
+        "import towerrec.serving.app, towerrec.serving.server, towerrec.serving.state",
+        "from towerrec.serving.state import ServiceState",
+        f"state = ServiceState.load({str(artifact_dir)!r})",
+        "assert state.num_items > 0",
+        "found = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning'))",
+        "assert not found, found",
+    ])
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 @pytest.mark.slow

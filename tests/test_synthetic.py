@@ -167,6 +167,12 @@ def test_chinese_world_shares_structure():
     assert not CJK.search(" ".join(en.catalog.items["title"]))
 
 
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_text_has_no_template_leftovers(language):
+    items = generate(**SMALL, seed=5, language=language).catalog.items
+    text = items["title"] + "\n" + items["description"]
+    assert not text.str.contains(r"[{}]|  | [,.:]|^ | $|\n | \n").any()
+
 def test_leave_last_out_on_synthetic(small):
     split = leave_last_out(small)
     assert len(split.users) == SMALL["num_users"]

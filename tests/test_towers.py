@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import TINY_BERT
 
-from towerrec.data.datamodule import pad_batch, tokenize
-from towerrec.encoders import load_encoder, resolve_path, train_wordpiece_tokenizer
-from towerrec.towers import TwoTower, encoder_layers, freeze_lower_layers, pool
+from towerrec.data.tokens import pad_batch, tokenize
+from towerrec.model.encoders import load_encoder, resolve_path, train_wordpiece_tokenizer
+from towerrec.model.towers import TwoTower, encoder_layers, freeze_lower_layers, pool
 
 TEXTS = ["yoga mat", "trail running shoe brand stridex", "water bottle", "espresso machine"]
 

@@ -112,7 +112,8 @@ def _check_metrics(metrics: dict[str, float]) -> None:
 
 
 def test_two_tower_run_writes_metrics_checkpoint_and_csv(compose_cfg, tmp_path, one_thread):
-    from towerrec.pipeline import metric_value, train
+    from towerrec.tasks.train import train
+    from towerrec.utils.hydra import metric_value
 
     run_dir = tmp_path / "run"
     cfg = compose_cfg([*FAST, "logger=csv"], run_dir)
@@ -143,7 +144,8 @@ def test_two_tower_run_writes_metrics_checkpoint_and_csv(compose_cfg, tmp_path, 
 
 @pytest.mark.parametrize("model", ["popularity", "itemknn"])
 def test_baseline_run_writes_metrics(compose_cfg, tmp_path, model):
-    from towerrec.pipeline import metric_value, train
+    from towerrec.tasks.train import train
+    from towerrec.utils.hydra import metric_value
 
     run_dir = tmp_path / "run"
     # experiment=tiny is for the two-tower model (it overrides the encoder): size the world directly
@@ -163,7 +165,7 @@ def test_baseline_run_writes_metrics(compose_cfg, tmp_path, model):
 
 
 def test_missing_optimized_metric_is_an_error():
-    from towerrec.pipeline import metric_value
+    from towerrec.utils.hydra import metric_value
 
     assert metric_value({"val/ndcg@10": 0.5}, None) is None
     with pytest.raises(KeyError, match="val/nope"):
@@ -235,7 +237,7 @@ def assert_no_raw_ids(root: Path, raw_ids: list[str], skip: tuple[Path, ...] = (
 
 
 def test_raw_user_ids_never_reach_run_outputs(compose_cfg, tmp_path, one_thread, caplog, capsys):
-    from towerrec.pipeline import train
+    from towerrec.tasks.train import train
 
     items, events, raw_ids = write_table_fixture(tmp_path / "input")
     run_dir = tmp_path / "run"
@@ -323,7 +325,7 @@ class _Tripwire:
 def test_wandb_offline_run_logs_config_metrics_and_artifact(compose_cfg, tmp_path, monkeypatch, one_thread, entry):
     import wandb
 
-    from towerrec.pipeline import train
+    from towerrec.tasks.train import train
 
     tripwire = _Tripwire()
     for var in ("WANDB_API_KEY", "WANDB_ENTITY", "WANDB_RUN_ID", "WANDB_RESUME"):
@@ -404,7 +406,7 @@ def _module(counts, world: int, rank: int):
     """A real RetrievalModule (only its loss is used) that believes it runs as `rank` of `world`."""
     from types import SimpleNamespace
 
-    from towerrec.module import RetrievalModule
+    from towerrec.model.module import RetrievalModule
 
     module = RetrievalModule(torch.nn.Identity(), optimizer=lambda params: None, temperature=0.1,
                              log_q_correction=True, mask_accidental_hits=True, item_counts=counts)
@@ -441,7 +443,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 def _reference(uniform: int):
     """One process, the whole batch: positives of every rank in rank order, each rank's negatives after them."""
-    from towerrec import loss as losses
+    from towerrec.model import loss as losses
 
     users, items, ids, weight, counts = _ddp_problem(uniform)
     weight = weight.clone().requires_grad_(True)
@@ -576,7 +578,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
 def test_ddp_on_two_cpu_processes(tmp_path):
     from omegaconf import OmegaConf
 
-    from towerrec.pipeline import load_split
+    from towerrec.data.load import load_split
 
     run_dir = tmp_path / "run"
     args = [*SMALL, *_paths(tmp_path), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",

@@ -6,13 +6,22 @@ Each baseline is fitted on training sequences only and exposes `scorer(histories
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from towerrec.data.splits import Split
+from towerrec.data.text import TextConfig, render_items
+from towerrec.data.tokens import tokenize
+from towerrec.model.encode import encode_tokens
+from towerrec.model.encoders import load_encoder
+from towerrec.model.towers import pool
+
 log = logging.getLogger(__name__)
+
+BASELINES = ("popularity", "itemknn", "zeroshot")
 
 
 class Popularity:
@@ -95,22 +104,32 @@ class ZeroShotText:
         return self.user_embeddings(histories) @ self.item_emb.T  # (B, N)
 
 
-@torch.no_grad()
 def encode_texts(encoder, tokenizer, texts: Sequence[str], max_length: int = 64, batch_size: int = 128,
                  pooling: str = "mean", progress: bool = True) -> torch.Tensor:
-    """(len(texts), H) L2-normalised pooled embeddings, batches sorted by length (less padding)."""
-    from tqdm.auto import tqdm
-
-    from towerrec.data.datamodule import pad_batch, tokenize
-    from towerrec.towers import pool
+    """(len(texts), H) L2-normalised pooled embeddings of a bare Hugging Face encoder (the one encode path)."""
+    def embed(input_ids, attention_mask, _idx):
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+        return pool(hidden, attention_mask, pooling)  # (B, H)
 
     encoder.eval()
-    tokens = tokenize(tokenizer, texts, max_length)
-    order = np.argsort([len(t) for t in tokens], kind="stable")
-    out = torch.empty(len(texts), encoder.config.hidden_size)
-    for start in tqdm(range(0, len(order), batch_size), desc="encode items", disable=not progress):
-        rows = order[start : start + batch_size]
-        batch = pad_batch([tokens[i] for i in rows], tokenizer.pad_token_id or 0)
-        hidden = encoder(**batch).last_hidden_state  # (B, L, H)
-        out[torch.as_tensor(rows)] = pool(hidden, batch["attention_mask"], pooling)
+    out = encode_tokens(embed, tokenize(tokenizer, texts, max_length), tokenizer.pad_token_id or 0,
+                        encoder.config.hidden_size, batch_size=batch_size, progress=progress, desc="encode items")
     return torch.nn.functional.normalize(out, dim=-1)
+
+
+def build_baseline(params: Mapping, split: Split, text: TextConfig | None = None):
+    """The baseline `params["kind"]` fitted on the split's training part; `params` is the plain `model` config
+    (conf/model/<kind>.yaml); `text` renders products for the zero-shot encoder."""
+    kind = params["kind"]
+    if kind == "popularity":
+        return Popularity(split.item_counts())
+    if kind == "itemknn":
+        return TransitionKNN(split.train_sequences(), split.num_items, window=params["window"],
+                             forward=params["forward"], backward=params["backward"], decay=params["decay"],
+                             history=params["history"], item_counts=split.item_counts())
+    if kind == "zeroshot":
+        texts = render_items(split.catalog, text or TextConfig())
+        encoder, tokenizer = load_encoder(params["encoder"], corpus=texts)
+        emb = encode_texts(encoder, tokenizer, texts, params["max_length"], params["batch_size"], params["pooling"])
+        return ZeroShotText(emb, decay=params["decay"], history=params["history"])
+    raise ValueError(f"unknown baseline {kind!r}; choose one of {BASELINES} or two_tower")

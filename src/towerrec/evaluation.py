@@ -36,6 +36,7 @@ would exceed CHUNK_BYTES), so no users x items matrix is ever held.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -49,7 +50,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from towerrec.data.splits import Examples
+from towerrec.data.splits import Examples, Split
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,37 @@ CHUNK_BYTES = 256 * 2**20  # upper bound for one chunk of float32 scores
 
 
 # --------------------------------------------------------------------------------------------- ranking
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The protocol's settings (`conf/eval/default.yaml`); the one home of their defaults in code."""
+
+    ks: tuple[int, ...] = (5, 10, 20, 50)
+    beyond_k: int = 10  # list length for coverage / diversity / novelty / gini
+    exclude_history: bool = True
+    batch_size: int = 256  # users scored at a time
+    tie_seed: int = 0
+
+    @classmethod
+    def from_any(cls, cfg) -> "EvalConfig":
+        """From an EvalConfig, a mapping / DictConfig of the `eval` group, or None (the defaults)."""
+        if isinstance(cfg, EvalConfig):
+            return cfg
+        d = dict(cfg or {})
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown eval option(s) {sorted(unknown)}: use {[f.name for f in dataclasses.fields(cls)]}")
+        if "ks" in d:
+            d["ks"] = tuple(int(k) for k in d["ks"])
+        for key, kind in (("beyond_k", int), ("exclude_history", bool), ("batch_size", int), ("tie_seed", int)):
+            if key in d:
+                d[key] = kind(d[key])
+        return cls(**d)
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of `evaluate`."""
+        return dataclasses.asdict(self)
 
 
 def tie_order(num_items: int, seed: int = 0) -> torch.Tensor:
@@ -149,11 +181,11 @@ def evaluate(
     *,
     item_counts: np.ndarray,
     item_categories: np.ndarray | None = None,
-    ks: Sequence[int] = (5, 10, 20, 50),
-    beyond_k: int = 10,
-    exclude_history: bool = True,
-    batch_size: int = 256,
-    tie_seed: int = 0,
+    ks: Sequence[int] = EvalConfig.ks,
+    beyond_k: int = EvalConfig.beyond_k,
+    exclude_history: bool = EvalConfig.exclude_history,
+    batch_size: int = EvalConfig.batch_size,
+    tie_seed: int = EvalConfig.tie_seed,
     progress: bool = False,
     desc: str = "eval",
 ) -> dict[str, float]:
@@ -346,6 +378,24 @@ def _gini(exposure: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------------- reporting
+
+
+def evaluate_split(scorer: Scorer, split: Split, cfg: EvalConfig | None = None, stages: Sequence[str] = ("valid", "test"),
+                   progress: bool = True) -> dict[str, float]:
+    """Harness metrics of one scorer on a split's valid and/or test examples, slash-prefixed (`val/`, `test/`)."""
+    cfg = EvalConfig.from_any(cfg)
+    metrics: dict[str, float] = {}
+    counts, categories = split.item_counts(), split.catalog.top_category()
+    for stage in stages:
+        m = evaluate(scorer, split.examples(stage), split.num_items, item_counts=counts, item_categories=categories,
+                     progress=progress, desc=f"eval {stage}", **cfg.kwargs())
+        metrics.update(prefix(m, stage_tag(stage)))
+    return metrics
+
+
+def stage_tag(stage: str) -> str:
+    """The metric prefix of a split stage: 'valid' -> 'val', 'test' -> 'test'."""
+    return "val" if stage == "valid" else stage
 
 
 def prefix(metrics: Mapping[str, float], stage: str) -> dict[str, float]:

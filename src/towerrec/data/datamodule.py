@@ -18,29 +18,23 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from towerrec.data.splits import Examples, Split
-from towerrec.data.text import TextConfig, render_items, render_user
+from towerrec.data.text import TextConfig, UserText, render_items
+from towerrec.data.tokens import count_tokens, pad_batch, tokenize
 
 log = logging.getLogger(__name__)
 
 
-def tokenize(tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 2048) -> list[np.ndarray]:
-    """Token ids of each text (with special tokens), truncated to `max_length`; no padding."""
-    out: list[np.ndarray] = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[start : start + batch_size]), truncation=True, max_length=max_length, add_special_tokens=True)
-        out.extend(np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"])
-    return out
+def draw_uniform_negatives(num_items: int, n: int, seed: int, targets: np.ndarray) -> np.ndarray:
+    """(n,) int64 item indices drawn uniformly with replacement from 0..num_items-1: a batch's extra negatives.
 
-
-def pad_batch(token_lists: Sequence[np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
-    """Dynamic padding to the longest sequence in the batch -> input_ids, attention_mask (B, L)."""
-    length = max(len(t) for t in token_lists)
-    ids = torch.full((len(token_lists), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(token_lists), length), dtype=torch.long)
-    for row, t in enumerate(token_lists):
-        ids[row, : len(t)] = torch.from_numpy(t.astype(np.int64))
-        mask[row, : len(t)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    The one sampler of uniform negatives (the model's loss gives them logQ log(1 / num_items) and masks
+    accidental hits). Seeded by (seed, sum of the batch's targets, batch size), so a batch gets the same
+    negatives whichever worker collates it and whenever it is replayed.
+    """
+    if num_items < 1 or n < 0:
+        raise ValueError(f"need num_items >= 1 and n >= 0, got num_items={num_items}, n={n}")
+    rng = np.random.default_rng([seed, int(targets.sum()), len(targets)])
+    return rng.integers(0, num_items, n)
 
 
 class BucketBatchSampler:
@@ -118,9 +112,6 @@ class RetrievalDataModule(L.LightningDataModule):
         self._prepared = False
 
     # ---- text and tokens -------------------------------------------------------------------------------
-    def _count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def _cache_key(self) -> str:
         h = hashlib.blake2b(digest_size=8)
         for part in (self.split.fingerprint, repr(self.text), self.tokenizer.name_or_path, len(self.tokenizer),
@@ -136,8 +127,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self.train_examples = self.split.train_pairs(self.max_history)
         self.eval_examples = {s: self.split.examples(s) for s in ("valid", "test")}
         self.item_texts = render_items(self.split.catalog, self.text)
-        self._history_texts = render_items(self.split.catalog, self.text, self.text.history_fields)
-        self._history_lengths: dict[str, int] = {}  # filled on first use
+        self.user_text = UserText(render_items(self.split.catalog, self.text, self.text.history_fields), self.text,
+                                  lambda t: count_tokens(self.tokenizer, t))
         if cache is not None and cache.exists():
             log.info("loading tokenized text from %s", cache)
             self._load(cache)
@@ -151,14 +142,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self._prepared = True
 
     def user_texts(self, examples: Examples) -> list[str]:
-        def count(text: str) -> int:  # each history item text is counted once per datamodule
-            n = self._history_lengths.get(text)
-            if n is None:
-                n = self._history_lengths[text] = self._count_tokens(text)
-            return n
-
-        return [render_user([self._history_texts[i] for i in h[-self.text.user_max_items :]], self.text,
-                            count_tokens=count) for h in examples.histories]
+        return [self.user_text(h) for h in examples.histories]
 
     def _user_tokens(self, examples: Examples) -> list[np.ndarray]:
         return tokenize(self.tokenizer, self.user_texts(examples), self.user_max_length)
@@ -183,9 +167,8 @@ class RetrievalDataModule(L.LightningDataModule):
         targets = self.train_examples.targets[rows]
         user = pad_batch([self.user_tokens["train"][i] for i in rows], self.pad_id)
         item_idx = torch.from_numpy(targets)
-        if self.uniform_negatives:
-            g = np.random.default_rng([self.seed, int(targets.sum()), len(rows)])
-            negatives = g.integers(0, len(self.item_tokens), self.uniform_negatives)
+        if self.uniform_negatives:  # appended after the positives: the module's loss expects B + U item rows
+            negatives = draw_uniform_negatives(len(self.item_tokens), self.uniform_negatives, self.seed, targets)
             item_idx = torch.cat([item_idx, torch.from_numpy(negatives)])
         item = pad_batch([self.item_tokens[i] for i in item_idx.tolist()], self.pad_id)
         item["item_idx"] = item_idx

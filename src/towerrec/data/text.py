@@ -10,6 +10,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from towerrec.data.schema import Catalog
@@ -106,3 +107,29 @@ def render_user(
         chosen.append(text)
         used += cost
     return cfg.user_prefix + cfg.item_sep.join(chosen)
+
+
+class UserText:
+    """The user tower's input for histories over one catalog: `render_user` over the items' history texts, with
+    each text's token count computed once. Training, evaluation and serving all render users through this."""
+
+    def __init__(self, history_texts: Sequence[str], cfg: TextConfig,
+                 count_tokens: Callable[[str], int] = whitespace_tokens):
+        self.history_texts, self.cfg, self._count = list(history_texts), cfg, count_tokens
+        self._counts: dict[str, int] = {}
+
+    def count_tokens(self, text: str) -> int:
+        n = self._counts.get(text)
+        if n is None:
+            n = self._counts[text] = self._count(text)
+        return n
+
+    def __call__(self, positions: Sequence[int], free_text: str | None = None) -> str:
+        """User text of a history (catalog positions, oldest first; -1 = unknown, skipped). Free text (a query)
+        is the newest "item": rendered first and always kept; the oldest history items are dropped first."""
+        recent = np.asarray(positions, dtype=np.int64)
+        recent = recent[-self.cfg.user_max_items :] if self.cfg.user_max_items > 0 else recent[:0]
+        texts = [self.history_texts[p] for p in recent if p >= 0]
+        if free_text is not None and free_text.strip():
+            texts.append(" ".join(free_text.split()))
+        return render_user(texts, self.cfg, count_tokens=self.count_tokens)

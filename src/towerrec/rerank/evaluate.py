@@ -14,15 +14,14 @@ Methods: `retrieval` (retrieval order), `lm` (the zero-shot LM score alone; ties
     report = evaluate_rerank(cfg.rerank, retriever, split, cfg.eval)            # dict, see below
     python bench/rerank.py quality --valid-users 300 --test-users 1000           # the Scientific figures
 
-`run(cfg)` is the `stage=rerank` entry point: it loads the artifact and split, evaluates, and writes the
-rerank directory (rerank.json with the tuned weight and metrics; the adapter copied into adapter/).
+`towerrec.tasks.rerank` is the `stage=rerank` entry point: it loads the artifact and split, evaluates, and
+writes the rerank directory (rerank.json with the tuned weight and metrics; the adapter copied into adapter/).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,13 +32,13 @@ import torch
 from towerrec import evaluation
 from towerrec.data.splits import Examples, Split
 from towerrec.rerank import fusion
-from towerrec.rerank.reranker import ADAPTER_DIR, Reranker, RerankSettings, _plain, save_rerank_dir
-from towerrec.retrieval import EVAL_DEFAULTS, Retriever
+from towerrec.rerank.reranker import Reranker, RerankSettings
+from towerrec.retrieval import Retriever
+from towerrec.utils.io import to_plain
 
 log = logging.getLogger(__name__)
 
 EVAL_KEYS = {"valid_users": 300, "test_users": 1000, "seed": 0, "metric": "ndcg@10", "grid": list(fusion.DEFAULT_GRID)}
-ITEM_FIELDS = ("item_id", "title", "brand", "category", "price", "row_id")
 
 
 def sample_users(num_total: int, num_users: int | None, seed: int) -> np.ndarray:
@@ -73,27 +72,20 @@ class Candidates:
 
 
 class _Catalog:
-    """Maps between split item indices and the artifact (positions, row ids, display dicts)."""
+    """Split item indices <-> artifact positions (the artifact's ItemTable shows the products)."""
 
     def __init__(self, retriever: Retriever, split: Split):
         art = retriever.artifact
-        self.position = art.position_of_item.get_indexer(split.catalog.item_ids)  # (N_split,) -> artifact position
+        self.table = art.table
+        self.position = self.table.positions_of_items(split.catalog.item_ids)  # (N_split,) -> artifact position
         self.split_of_position = np.full(art.num_items, -1, dtype=np.int64)
         ok = self.position >= 0
         self.split_of_position[self.position[ok]] = np.flatnonzero(ok)
-        self.position_of_row = {int(r): i for i, r in enumerate(art.row_ids)}
-        self.row_ids = art.row_ids
-        table = art.items
-        self.dicts = [{k: (None if k == "price" and v != v else v) for k, v in zip(ITEM_FIELDS, row)}
-                      for row in table[list(ITEM_FIELDS)].itertuples(index=False)]  # price NaN -> None
         self.item_emb = torch.from_numpy(np.ascontiguousarray(art.embeddings[np.maximum(self.position, 0)]))  # (N, D)
         self.missing = torch.from_numpy(~ok)
 
     def item(self, split_index: int, score: float | None = None) -> dict:
-        d = dict(self.dicts[int(self.position[split_index])])
-        if score is not None:
-            d["score"] = float(score)
-        return d
+        return self.table.product(self.position[split_index], score)
 
 
 def retrieve(retriever: Retriever, split: Split, stage: str, users: np.ndarray, top_n: int,
@@ -104,11 +96,11 @@ def retrieve(retriever: Retriever, split: Split, stage: str, users: np.ndarray, 
     histories = [examples.histories[u] for u in users]
     texts = [retriever.user_text(catalog.position[h]) for h in histories]
     user_emb = retriever.embed_texts(texts, batch_size)  # (U, D)
-    exclude = [{int(catalog.row_ids[p]) for p in catalog.position[h] if p >= 0} for h in histories]
+    exclude = [{int(catalog.table.row_ids[p]) for p in catalog.position[h] if p >= 0} for h in histories]
     hits = retriever.search(user_emb, top_n, exclude)
     items, scores = [], []
     for user_hits in hits:
-        split_idx = [catalog.split_of_position[catalog.position_of_row[r]] for r, _ in user_hits]
+        split_idx = catalog.split_of_position[catalog.table.positions_of_rows([r for r, _ in user_hits])].tolist()
         keep = [j for j, s in enumerate(split_idx) if s >= 0]  # products the split does not know cannot be ranked
         items.append(np.array([split_idx[j] for j in keep], dtype=np.int64))
         scores.append(np.array([user_hits[j][1] for j in keep], dtype=np.float64))
@@ -123,10 +115,10 @@ def lm_scores(reranker: Reranker, cands: Candidates, catalog: _Catalog, progress
 
 
 def harness_metrics(cands: Candidates, orders: list[np.ndarray], split: Split, catalog: _Catalog,
-                    eval_cfg: Mapping | None = None) -> dict[str, float]:
+                    eval_cfg: evaluation.EvalConfig | Mapping | None = None) -> dict[str, float]:
     """Harness metrics when user u's candidates are shown in order `orders[u]` (indices into cands.items[u]),
     then every other item by retrieval score."""
-    cfg = {**EVAL_DEFAULTS, **{k: v for k, v in dict(eval_cfg or {}).items() if k in EVAL_DEFAULTS}}
+    cfg = evaluation.EvalConfig.from_any(eval_cfg)
     boost = 10.0  # > any cosine: the reranked list comes first
 
     def scorer(histories, users):
@@ -140,9 +132,7 @@ def harness_metrics(cands: Candidates, orders: list[np.ndarray], split: Split, c
 
     examples = Examples(np.arange(len(cands.users)), cands.histories, cands.targets)
     return evaluation.evaluate(scorer, examples, split.num_items, item_counts=split.item_counts(),
-                               item_categories=split.catalog.top_category(), ks=tuple(int(k) for k in cfg["ks"]),
-                               beyond_k=int(cfg["beyond_k"]), exclude_history=bool(cfg["exclude_history"]),
-                               batch_size=int(cfg["batch_size"]), tie_seed=int(cfg["tie_seed"]))
+                               item_categories=split.catalog.top_category(), **cfg.kwargs())
 
 
 def _method_orders(cands: Candidates, lm: list[np.ndarray] | None, weight: float | None, normalize: str):
@@ -161,7 +151,7 @@ def evaluate_rerank(rerank_cfg, retriever: Retriever, split: Split, eval_cfg: Ma
     Returns {"settings", "users": {"valid": U, "test": U}, "fusion": {"weight", "grid": {w: ndcg}, ...},
     "metrics": {method: {"val/...": ..., "test/...": ...}}, "seconds": {...}} (finetuned_* with an adapter).
     """
-    cfg = _plain(rerank_cfg)
+    cfg = to_plain(rerank_cfg)
     ev = {**EVAL_KEYS, **dict(cfg.get("eval") or {})}
     settings = reranker.settings if reranker is not None else RerankSettings.from_config(cfg)
     metric = str(ev["metric"])
@@ -223,30 +213,3 @@ def summary_table(report: Mapping, keys=("recall@10", "ndcg@10")) -> str:
     for method, m in report["metrics"].items():
         lines.append(f"| {method} | " + " | ".join(f"{m.get(c, float('nan')):.4f}" for c in cols) + " |")
     return "\n".join(lines)
-
-
-def run(cfg) -> tuple[dict[str, float], dict]:
-    """`stage=rerank`: evaluate reranking of `cfg.artifact` on cfg.data and write `<artifact>/rerank/`
-    (or `rerank.dir`): rerank.json with the tuned fusion weight and metrics, adapter/ when `rerank.adapter`."""
-    from towerrec.pipeline import load_split
-
-    if not cfg.get("artifact"):
-        raise ValueError("stage=rerank needs artifact=<an exported artifact directory>")
-    retriever = Retriever(cfg.artifact)
-    split = load_split(cfg.data)
-    adapter = cfg.rerank.get("adapter")
-    base_cfg = {**_plain(cfg.rerank), "adapter": None}
-    report = evaluate_rerank(base_cfg, retriever, split, cfg.get("eval"), adapter=adapter)
-    print(summary_table(report))
-    out = Path(cfg.rerank.get("dir") or Path(cfg.artifact) / "rerank")
-    settings = RerankSettings.from_config(base_cfg)
-    prefix = "finetuned_" if adapter else ""
-    settings = dataclasses.replace(settings, weight=report["fusion"][f"{prefix}weight"])
-    if adapter:
-        if (out / ADAPTER_DIR).exists():
-            shutil.rmtree(out / ADAPTER_DIR)
-        shutil.copytree(adapter, out / ADAPTER_DIR)
-    chosen = report["metrics"][f"{prefix}fused"]
-    save_rerank_dir(out, settings, metrics=chosen, extra={"report": report})
-    log.info("rerank directory written to %s", out)
-    return chosen, {"report": report, "dir": out}

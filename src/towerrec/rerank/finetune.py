@@ -1,4 +1,5 @@
-"""LoRA fine-tuning of the listwise LM reranker: `python train.py stage=rerank artifact=PATH`.
+"""LoRA fine-tuning of the listwise LM reranker (run by `python train.py stage=rerank artifact=PATH`,
+`towerrec.tasks.rerank`).
 
 Data. Training examples are (history -> next item) pairs of the TRAINING part of the split only (the last
 two items of every user, the validation and test targets, are never seen). For each sampled pair the exported
@@ -35,7 +36,6 @@ Public API:
     label_loss(logits, label_ids, targets, mode) -> (loss, accuracy)       pure
     add_lora(model, cfg) -> peft model
     finetune(model, tokenizer, encoded, cfg, loggers=(), checkpoint_dir=None) -> dict of training stats
-    run_finetune(cfg) -> (metrics, objects)                                 the stage=rerank entry point
 """
 
 from __future__ import annotations
@@ -344,124 +344,3 @@ def finetune(model, tokenizer, encoded: Sequence[EncodedExample], cfg: FinetuneC
     return {"rerank/train_steps": float(step), "rerank/train_examples_seen": float(seen),
             "rerank/train_seconds": seconds, "rerank/train_loss_first": history[0][0],
             "rerank/train_loss_last10pct": float(tail[0]), "rerank/train_label_acc_last10pct": float(tail[1])}
-
-
-# ---------------------------------------------------------------------------------------------- the stage
-
-
-def artifact_path(cfg) -> Path:
-    """The exported two-tower artifact of `artifact=PATH`; a clear error when unset or not an artifact."""
-    path = cfg.get("artifact")
-    if not path:
-        raise ValueError("stage=rerank needs the exported two-tower artifact: artifact=PATH "
-                         "(e.g. artifact=logs/train/runs/<run>/artifact)")
-    path = Path(str(path)).expanduser()
-    if not (path / "manifest.json").is_file():
-        raise FileNotFoundError(f"artifact={path}: not an exported artifact directory (no manifest.json)")
-    return path
-
-
-def run_finetune(cfg) -> tuple[dict[str, float], dict]:
-    """`python train.py stage=rerank artifact=PATH`: fine-tune the listwise reranker with LoRA, save the adapter
-    to `<run_dir>/adapter/`, then (`evaluate: true`) evaluate it against retrieval alone and write the rerank
-    directory (see `evaluate_finetuned`). `rerank.finetune.enabled=false` skips training: the core's
-    `towerrec.rerank.evaluate.run` evaluates the zero-shot reranker instead. Metrics go to metrics.json in the
-    run directory and to the configured loggers."""
-    from omegaconf import OmegaConf, open_dict
-
-    from towerrec import evaluation
-    from towerrec.pipeline import instantiate_loggers, load_split
-    from towerrec.rerank.lm import load_lm
-    from towerrec.rerank.reranker import RerankSettings
-    from towerrec.retrieval import Retriever
-
-    art_path = artifact_path(cfg)
-    node = OmegaConf.to_container(cfg.rerank.finetune, resolve=True)
-    enabled = bool(node.pop("enabled", True))
-    ft = FinetuneConfig.from_dict(node)
-    settings = RerankSettings.from_config(cfg.rerank)
-    if settings.scorer != "listwise":
-        raise ValueError(f"rerank fine-tuning trains the listwise scorer; rerank.scorer={settings.scorer!r}")
-    run_dir = Path(cfg.paths.output_dir)
-    metrics: dict[str, float] = {}
-    objects: dict = {}
-    start = time.perf_counter()
-    loggers = instantiate_loggers(cfg)
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    if enabled:
-        num_candidates = ft.num_candidates or settings.top_n
-        split = load_split(cfg.data)
-        retriever = Retriever(art_path)
-        model, tokenizer = load_lm(settings.lm_config())
-        examples = build_examples(split, retriever, ft, num_candidates, seed=ft.seed)
-        encoded = encode_examples(examples, tokenizer, settings.prompt)
-        lengths = [len(e.input_ids) for e in encoded]
-        log.info("%d listwise examples of %d candidates; prompt tokens mean %.0f, max %d", len(encoded),
-                 num_candidates, np.mean(lengths), max(lengths))
-        model = add_lora(model, ft)
-        metrics = finetune(model, tokenizer, encoded, ft, loggers, checkpoint_dir=run_dir / "checkpoints")
-        metrics["rerank/train_prompt_tokens_mean"] = float(np.mean(lengths))
-        adapter_dir = run_dir / "adapter"
-        model.save_pretrained(adapter_dir)  # adapter_config.json + adapter_model.safetensors
-        log.info("saved the LoRA adapter to %s", adapter_dir)
-        with open_dict(cfg):
-            cfg.rerank.adapter = str(adapter_dir)
-        model = model.merge_and_unload().eval()  # the fine-tuned LM as served (adapter merged)
-        objects = {"adapter": adapter_dir, "model": model, "tokenizer": tokenizer, "examples": len(encoded)}
-    if not enabled:  # zero-shot evaluation only: the core's stage
-        from towerrec.rerank import evaluate as rerank_eval
-
-        chosen, eval_objects = rerank_eval.run(cfg)
-        metrics.update(chosen)
-        objects.update(eval_objects)
-    elif ft.evaluate:
-        chosen, eval_objects = evaluate_finetuned(cfg, split, retriever, model, tokenizer, settings, adapter_dir,
-                                                  zero_shot=ft.compare_zero_shot)
-        metrics.update(chosen)
-        objects.update(eval_objects)
-    metrics["time/seconds"] = time.perf_counter() - start
-    evaluation.save_metrics(run_dir / "metrics.json", metrics)
-    for lg in loggers:
-        lg.log_metrics(metrics)
-        lg.finalize("success")
-    print("\nrerank stage (" + str(run_dir) + ")\n" + evaluation.format_table(metrics))
-    return metrics, objects
-
-
-def evaluate_finetuned(cfg, split, retriever, model, tokenizer, settings, adapter_dir: Path, zero_shot: bool = False
-                       ) -> tuple[dict[str, float], dict]:
-    """Evaluate the fine-tuned reranker with `towerrec.rerank.evaluate.evaluate_rerank` (fusion weight tuned on
-    validation users, the same seeded users for every method) and write the rerank directory (`rerank.dir`,
-    default `<artifact>/rerank`): rerank.json with the tuned weight and metrics, the adapter copied in.
-    `zero_shot`: also score the base LM (twice the LM time) for the zero-shot rows."""
-    import shutil
-
-    from omegaconf import OmegaConf
-
-    from towerrec.rerank import evaluate as rerank_eval
-    from towerrec.rerank.reranker import ADAPTER_DIR, Reranker, save_rerank_dir
-
-    base_cfg = {**OmegaConf.to_container(cfg.rerank, resolve=True), "adapter": None}
-    tuned = Reranker(model, tokenizer, settings)
-    if zero_shot:
-        report = rerank_eval.evaluate_rerank(base_cfg, retriever, split, cfg.get("eval"), adapter=adapter_dir)
-    else:  # only the fine-tuned model: its rows renamed finetuned_*
-        report = rerank_eval.evaluate_rerank(base_cfg, retriever, split, cfg.get("eval"), reranker=tuned)
-        report["metrics"] = {("finetuned_" + k if k in ("lm", "fused") else k): v
-                             for k, v in report["metrics"].items()}
-        report["fusion"] = {"finetuned_" + k: v for k, v in report["fusion"].items()}
-    print(rerank_eval.summary_table(report))
-    out = Path(cfg.rerank.get("dir") or Path(retriever.artifact.path) / "rerank")
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / ADAPTER_DIR).exists():
-        shutil.rmtree(out / ADAPTER_DIR)
-    shutil.copytree(adapter_dir, out / ADAPTER_DIR)
-    settings = dataclasses.replace(settings, weight=float(report["fusion"]["finetuned_weight"]))
-    chosen = dict(report["metrics"]["finetuned_fused"])
-    retrieval = report["metrics"]["retrieval"]
-    for key in ("val/ndcg@10", "test/ndcg@10", "test/recall@10"):
-        chosen[f"retrieval_{key}"] = retrieval[key]
-    save_rerank_dir(out, settings, metrics=chosen, extra={"report": report})
-    log.info("rerank directory written to %s", out)
-    return chosen, {"report": report, "dir": out}

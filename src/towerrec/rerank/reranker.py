@@ -33,24 +33,13 @@ from towerrec.rerank import fusion
 from towerrec.rerank import prompts as P
 from towerrec.rerank.lm import load_lm, model_source
 from towerrec.rerank.scoring import SCORERS, make_scorer
+from towerrec.utils.io import to_plain
 
 log = logging.getLogger(__name__)
 
 RERANK_FILE = "rerank.json"
 ADAPTER_DIR = "adapter"
 FORMAT_VERSION = 1
-
-
-def _plain(cfg) -> dict:
-    """A DictConfig (resolved) or mapping as a plain dict."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra
-        pass
-    return dict(cfg or {})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +64,7 @@ class RerankSettings:
 
     @classmethod
     def from_config(cls, cfg) -> "RerankSettings":
-        d = _plain(cfg)
+        d = to_plain(cfg)
         fusion_cfg = dict(d.get("fusion") or {})
         known = {f.name for f in dataclasses.fields(cls)} - {"prompt", "normalize", "weight"}
         s = cls(**{k: d[k] for k in known if d.get(k) is not None},
@@ -121,7 +110,7 @@ class Reranker:
     @classmethod
     def from_config(cls, cfg, **overrides) -> "Reranker":
         """From the `rerank` config group (DictConfig or dict); `adapter`: a LoRA directory to merge."""
-        settings = RerankSettings.from_config({**_plain(cfg), **overrides})
+        settings = RerankSettings.from_config({**to_plain(cfg), **overrides})
         model, tokenizer = load_lm(settings.lm_config())
         if settings.adapter:
             model = _merge_adapter(model, settings.adapter)

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from towerrec.export import ArtifactError
+from towerrec.artifact.format import ArtifactError
 from towerrec.serving import schemas as S
 from towerrec.serving.components import LMComponents
 from towerrec.serving.config import ServeConfig
@@ -233,7 +233,7 @@ def create_app(cfg: ServeConfig, *, service: RecommendationService | None = None
 
 def add_examples(schema: dict, state: ServiceState) -> None:
     """Request examples with ids of the served artifact, in place."""
-    popular = [state.shown[int(p)] for p in state.popularity_order[:3]]
+    popular = [state.table.products[int(p)] for p in state.popularity_order[:3]]
     item, other = popular[0]["item_id"], popular[1]["item_id"]
     users = state.artifact.users
     user_id = next(iter(users), None)

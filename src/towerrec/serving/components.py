@@ -1,7 +1,8 @@
 """Optional LM components of the service and the time budget they run under.
 
 `LMComponents` is what the service needs from the rerank package: a reranker
-(`.rerank(history, candidates, query=None) -> list[dict]` with `lm_score` and `fused_score` added) and a
+(`.rerank(history, candidates, query=None) -> list[dict]`: the candidates, product dicts with `row_id` and
+`score`, best first, `lm_score` and `fused_score` added; the service reads the order back by row id) and a
 way to build an explainer for an artifact's catalog (`make_explainer(items_table)`, because the faithfulness
 check's vocabulary comes from the items served; a reload builds a new one). Either may be None. The factory
 named by `service.lm_factory` (called with the ServeConfig) builds them; `build_lm_components` is the default,

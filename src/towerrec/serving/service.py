@@ -4,14 +4,16 @@ A recommendation, step by step:
 1. The user: a known user's stored history (`Artifact.user_history`), then the request's history appended
    (oldest first), then the optional query as the newest "item" (the Retriever's user text). History ids the
    artifact does not know (e.g. removed products) are ignored and listed in `notes`.
-2. Filters become one boolean mask over the catalog: category prefix (`Retriever.category_mask`, asked only
-   for category paths that exist, so arbitrary strings cannot grow its cache) and price range (unknown prices
-   are left out when a bound is given). Seen items are excluded by row id.
+2. Filters become one boolean mask over the table positions: category prefix (`Retriever.category_mask`,
+   asked only for category paths that exist, so arbitrary strings cannot grow its cache) and price range
+   (unknown prices are left out when a bound is given). Seen items are excluded by row id.
 3. No usable history and no query: the most popular products that pass the filters (`served_by=popularity`).
    Otherwise the user vector (cached by its exact user text, which fully determines it; on a miss computed
-   in a batch shared with concurrent requests, `batching.EmbeddingBatcher`) is searched: `Retriever.search` for category-only filters; with a price range, exact scoring over the
-   mask when it is selective, else over-fetching from the index with a fallback to exact scoring.
-4. `rerank`: the top `candidates` go to the LM reranker under its time budget (`BudgetedStage`); if it is
+   in a batch shared with concurrent requests, `batching.EmbeddingBatcher`) is searched with
+   `Retriever.search(..., mask=...)`: exactly k results whenever k products pass, exact scoring for selective
+   masks and as the fallback of approximate indexes.
+4. `rerank`: the top `candidates` (the artifact's product dicts, row id included) go to the LM reranker under
+   its time budget (`BudgetedStage`); its order is read back as table positions (via the row ids). If it is
    late, busy, failing or disabled the retrieval order is returned, `served_by=degraded`, with the reason.
 5. `explain`: grounded explanations for the first `max_items` items under their own budget; an explanation
    whose text failed the faithfulness check is returned with `text=None`, never as fact.
@@ -30,11 +32,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from towerrec.retrieval.retriever import category_key
 from towerrec.serving.batching import EmbeddingBatcher
 from towerrec.serving.components import BudgetedStage, LMComponents, StageResult, resolve
 from towerrec.serving.config import ServeConfig
 from towerrec.serving.metrics import Metrics
-from towerrec.serving.state import ServiceState, StateHolder, category_key
+from towerrec.serving.state import ServiceState, StateHolder
 
 log = logging.getLogger(__name__)
 
@@ -189,37 +192,35 @@ class RecommendationService:
         ids.extend(history)
         if not ids:
             return np.zeros(0, dtype=np.int64)
-        pos = state.positions(ids)
+        pos = state.table.positions_of_items(ids)
         unknown = [i for i, p in zip(ids, pos) if p < 0]
         if unknown:
             shown = ", ".join(repr(u) for u in list(dict.fromkeys(unknown))[:MAX_NOTED_IDS])
             notes.append(f"{len(unknown)} history item id(s) unknown to the artifact were ignored: {shown}")
         return pos[pos >= 0].astype(np.int64)
 
-    def _allowed(self, state: ServiceState, filters, notes: list[str]) -> tuple[np.ndarray | None, str | None]:
-        """(mask of products passing category and price filters or None for all, the category for
-        Retriever.search when the category is the only filter)."""
+    def _allowed(self, state: ServiceState, filters, notes: list[str]) -> np.ndarray | None:
+        """(N,) bool mask of the products passing the category and price filters; None when there are none."""
         category = filters.category if filters.category and filters.category.strip() else None
         priced = filters.price_min is not None or filters.price_max is not None
         if priced and filters.price_min is not None and filters.price_max is not None \
                 and filters.price_min > filters.price_max:
             notes.append(f"filters.price_min ({filters.price_min:g}) is above filters.price_max "
                          f"({filters.price_max:g}): no product can match")
-            return np.zeros(state.num_items, dtype=bool), None
+            return np.zeros(state.num_items, dtype=bool)
         mask = None
         if category is not None:
             if category_key(category) not in state.categories:
-                return np.zeros(state.num_items, dtype=bool), None  # no product has this category
-            if not priced:
-                return None, category
-            mask = state.retriever.category_mask(category)
+                return np.zeros(state.num_items, dtype=bool)  # no product has this category
+            mask = state.retriever.category_mask(category)  # cached: not to be modified
         if priced:
             lo = -math.inf if filters.price_min is None else filters.price_min
             hi = math.inf if filters.price_max is None else filters.price_max
+            prices = state.table.prices
             with np.errstate(invalid="ignore"):
-                price_ok = (state.prices >= lo) & (state.prices <= hi)  # NaN (unknown) compares False
+                price_ok = (prices >= lo) & (prices <= hi)  # NaN (unknown) compares False
             mask = price_ok if mask is None else mask & price_ok
-        return mask, None
+        return mask
 
     def _user_vector(self, state: ServiceState, positions: np.ndarray, query: str | None) -> np.ndarray:
         text = state.retriever.user_text(positions, query)
@@ -238,13 +239,12 @@ class RecommendationService:
 
     # ---- search ------------------------------------------------------------------------------------------
     def _search(self, state: ServiceState, vec: np.ndarray, k: int, exclude_rows: set[int],
-                mask: np.ndarray | None, category: str | None) -> list[tuple[int, float]]:
-        """Top-k (table position, cosine) passing the filters, best first."""
+                mask: np.ndarray | None) -> list[tuple[int, float]]:
+        """Top-k (table position, cosine) passing the filter mask, leaving out `exclude_rows`, best first."""
         with self.metrics.time_stage("search"):
-            if mask is None:
-                hits = state.retriever.search(vec[None], k, [exclude_rows], category)[0]
-                return list(zip(state.positions_of_rows([h[0] for h in hits]).tolist(), [h[1] for h in hits]))
-            return masked_search(state, vec, k, exclude_rows, mask)
+            hits = state.retriever.search(vec[None], k, [exclude_rows], mask=mask)[0]
+            positions = state.table.positions_of_rows([row for row, _ in hits])
+        return [(p, score) for p, (_, score) in zip(positions.tolist(), hits)]
 
     def _popular(self, state: ServiceState, k: int, exclude_pos: np.ndarray,
                  mask: np.ndarray | None) -> list[tuple[int, float]]:
@@ -255,13 +255,13 @@ class RecommendationService:
         return [(int(p), float(state.popularity[p])) for p in top]
 
     def _items(self, state: ServiceState, hits: list[tuple[int, float]], retrieval: bool) -> list[dict]:
-        return [{**state.shown[p], "score": s, "retrieval_score": s if retrieval else None, "lm_score": None,
-                 "explanation": None, "_position": p} for p, s in hits]
+        return [{**state.table.products[p], "score": s, "retrieval_score": s if retrieval else None,
+                 "lm_score": None, "explanation": None, "_position": p} for p, s in hits]
 
     def _lm_history(self, state: ServiceState, positions: np.ndarray) -> list[dict]:
         """The shopper's most recent items (oldest first) as the LM stages read them."""
         n = max(1, state.artifact.text.user_max_items)
-        return [state.shown[p] for p in positions[-n:]]
+        return [state.table.products[p] for p in positions[-n:]]
 
     # ---- endpoints ---------------------------------------------------------------------------------------
     def recommend(self, req) -> dict:
@@ -269,13 +269,11 @@ class RecommendationService:
         notes: list[str] = []
         positions = self._history(state, req.user_id, req.history, notes)
         query = req.query if req.query and req.query.strip() else None
-        mask, category = self._allowed(state, req.filters, notes)
+        mask = self._allowed(state, req.filters, notes)
         exclude_pos = positions if req.filters.exclude_seen else np.zeros(0, dtype=np.int64)
         degraded = False
         if len(positions) == 0 and query is None:
             served_by = "popularity"
-            if category is not None:  # a category-only filter: Retriever.search would apply it, here the mask does
-                mask = state.retriever.category_mask(category)
             items = self._items(state, self._popular(state, req.k, exclude_pos, mask), retrieval=False)
             if req.rerank:
                 notes.append("rerank skipped: no history and no query to rerank for (popularity)")
@@ -283,8 +281,8 @@ class RecommendationService:
             served_by = "retrieval"
             fetch = max(req.k, self._rerank_candidates()) if req.rerank else req.k
             vec = self._user_vector(state, positions, query)
-            exclude_rows = set(state.row_ids[exclude_pos].tolist())
-            items = self._items(state, self._search(state, vec, fetch, exclude_rows, mask, category), retrieval=True)
+            exclude_rows = set(state.table.row_ids[exclude_pos].tolist())
+            items = self._items(state, self._search(state, vec, fetch, exclude_rows, mask), retrieval=True)
             if req.rerank:
                 reranked, reason = self._rerank(state, positions, items, query)
                 if reranked is not None:
@@ -314,25 +312,24 @@ class RecommendationService:
         if not items:
             return items, None
         history = self._lm_history(state, positions)
-        candidates = [{k: v for k, v in it.items() if k not in ("explanation", "_position")} for it in items]
+        candidates = [state.table.product(it["_position"], it["score"]) for it in items]  # row_id included
         result = self.rerank_stage.run(lambda: reranker.rerank(history, candidates, query=query),
                                        self.cfg.rerank.budget_ms / 1000)
         self._record_stage("rerank", result)
         if not result.ok:
             return None, result.reason
-        by_id = {it["item_id"]: it for it in items}
-        out = []
-        for c in result.value:  # best first; candidates beyond the LM's top_n follow with no LM score
-            item = by_id.pop(c.get("item_id"), None)
-            if item is None:
-                break
-            fused, lm = c.get("fused_score"), c.get("lm_score")
-            out.append({**item, "score": item["score"] if fused is None else float(fused),
-                        "lm_score": None if lm is None else float(lm)})
-        if by_id or len(out) != len(items):
+        ranked = result.value  # best first; candidates beyond the LM's top_n follow with no LM score
+        order = state.table.positions_of_rows([c.get("row_id", -1) for c in ranked]).tolist()  # table positions
+        by_position = {it["_position"]: it for it in items}
+        if len(order) != len(items) or set(order) != by_position.keys():
             log.warning("the reranker returned candidates other than those it was given: rerank ignored")
             self.metrics.fallbacks.labels(stage="rerank", reason="error").inc()
             return None, "error"
+        out = []
+        for p, c in zip(order, ranked):
+            item, fused, lm = by_position[p], c.get("fused_score"), c.get("lm_score")
+            out.append({**item, "score": item["score"] if fused is None else float(fused),
+                        "lm_score": None if lm is None else float(lm)})
         return out, None
 
     def _rerank_candidates(self) -> int:
@@ -350,7 +347,7 @@ class RecommendationService:
             return "disabled"
         targets = items[: self.cfg.explain.max_items]
         history = self._lm_history(state, positions)
-        shown = [state.shown[it["_position"]] for it in targets]
+        shown = [state.table.products[it["_position"]] for it in targets]
 
         def run():
             if hasattr(explainer, "explain_many"):
@@ -373,13 +370,11 @@ class RecommendationService:
 
     def similar_items(self, req) -> dict:
         state = self._state()
-        pos = state.position(req.item_id)
-        if pos < 0:
-            raise NotFound(f"unknown item id {req.item_id!r}: not in the served artifact")
+        pos = _position(state, req.item_id)
         notes: list[str] = []
-        mask, category = self._allowed(state, req.filters, notes)
+        mask = self._allowed(state, req.filters, notes)
         vec = state.artifact.embeddings[pos]  # (D,) the product tower's vector: no user tower involved
-        hits = self._search(state, vec, req.k, {int(state.row_ids[pos])}, mask, category)
+        hits = self._search(state, vec, req.k, {int(state.table.row_ids[pos])}, mask)
         items = self._items(state, hits, retrieval=True)
         for item in items:
             item.pop("_position", None)
@@ -387,15 +382,13 @@ class RecommendationService:
 
     def describe(self, req) -> dict:
         state = self._state()
-        pos = state.position(req.item_id)
-        if pos < 0:
-            raise NotFound(f"unknown item id {req.item_id!r}: not in the served artifact")
+        pos = _position(state, req.item_id)
         positions = self._history(state, req.user_id, req.history, [])
         explainer = state.explainer
         if explainer is None:
             raise Unavailable("product copy needs the LM: start the service with service.explain.enabled=true")
         history = self._lm_history(state, positions) if len(positions) else []
-        item = state.shown[pos]
+        item = state.table.products[pos]
         result = self.explain_stage.run(lambda: explainer.describe(history, item),
                                         self.cfg.explain.describe_budget_ms / 1000, wait_for_slot=True)
         self._record_stage("describe", result)
@@ -407,11 +400,17 @@ class RecommendationService:
 
     def item(self, item_id: str) -> dict:
         state = self._state()
-        pos = state.position(item_id)
-        if pos < 0:
-            raise NotFound(f"unknown item id {item_id!r}: not in the served artifact")
-        return {**state.shown[pos], "popularity": int(state.popularity[pos]), "text": state.texts[pos],
+        pos = _position(state, item_id)
+        return {**state.table.products[pos], "popularity": int(state.popularity[pos]), "text": state.texts[pos],
                 "artifact": state.version}
+
+
+def _position(state: ServiceState, item_id: str) -> int:
+    """Table position of an item id of the served artifact; NotFound if it has none."""
+    pos = state.position(item_id)
+    if pos < 0:
+        raise NotFound(f"unknown item id {item_id!r}: not in the served artifact")
+    return pos
 
 
 def explanation_dict(e) -> dict:
@@ -428,42 +427,3 @@ def _fallback_note(stage: str, reason: str | None, budget_ms: float) -> str:
     consequence = {"rerank": "retrieval order returned", "explain": "items returned without explanations",
                    "describe": "no product copy"}
     return f"{stage} skipped: {why.get(reason, reason)}; {consequence[stage]}"
-
-
-def masked_search(state: ServiceState, vec: np.ndarray, k: int, exclude_rows: set[int],
-                  mask: np.ndarray) -> list[tuple[int, float]]:
-    """Top-k (table position, cosine) among products where `mask` (N,) holds, leaving out `exclude_rows`.
-
-    A selective mask is scored exactly over its products; otherwise the index is over-fetched (k + |exclude|,
-    scaled by the mask's selectivity, doubling) and scored exactly when it cannot supply k (approximate
-    indexes). Mirrors `Retriever.search`, whose category filter is the special case mask = category mask."""
-    r, n = state.retriever, state.num_items
-    n_allowed = int(mask.sum())
-    if n_allowed == 0:
-        return []
-    if n_allowed <= max(r.exact_filter_max, r.exact_filter_fraction * n):
-        return _exact(state, vec, k, exclude_rows, mask)
-    fetch = min(n, math.ceil((k + len(exclude_rows)) * n / n_allowed))
-    q = np.ascontiguousarray(vec[None], dtype=np.float32)  # (1, D)
-    while True:
-        scores, labels = state.artifact.index.search(q, fetch)  # (1, fetch) each
-        found = labels[0][labels[0] >= 0]
-        pos = state.positions_of_rows(found)
-        hits = [(int(p), float(s)) for p, s, row in zip(pos, scores[0][: len(found)], found.tolist())
-                if p >= 0 and mask[p] and row not in exclude_rows]
-        if len(hits) >= k:
-            return hits[:k]
-        if fetch >= n:  # the index gave all it has (an approximate one may miss some): score exactly
-            return _exact(state, vec, k, exclude_rows, mask)
-        fetch = min(n, fetch * 2)
-
-
-def _exact(state: ServiceState, vec: np.ndarray, k: int, exclude_rows: set[int],
-           mask: np.ndarray) -> list[tuple[int, float]]:
-    keep = mask.copy()
-    if exclude_rows:
-        keep[state.positions_of_rows(sorted(exclude_rows))] = False
-    cand = np.flatnonzero(keep)  # (C,)
-    scores = state.artifact.embeddings[cand] @ vec  # (C,)
-    top = np.argsort(-scores, kind="stable")[:k]
-    return [(int(cand[t]), float(scores[t])) for t in top]

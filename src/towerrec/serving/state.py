@@ -2,8 +2,9 @@
 
 `ServiceState.load(path)` does all the work of bringing an artifact into service before anyone sees it:
 `Artifact.load(verify=True)` (manifest, checksums, shapes; files are only read), the user tower rebuilt and
-run once on a probe text, known users read, and the per-item arrays a request needs (shown fields, prices,
-popularity order) precomputed. A state is never modified afterwards except for its caches.
+run once on a probe text, known users read, and what requests need beyond the artifact's `ItemTable` (id
+maps, shown product fields, prices) precomputed: popularity order, category prefixes. A state is never modified
+afterwards except for its caches.
 
 `StateHolder` holds the current state in one attribute. A request reads `holder.current` once and uses that
 state to the end, so it never mixes two artifacts; `reload` builds a complete new state first and then
@@ -17,7 +18,6 @@ import collections
 import datetime as dt
 import hashlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,9 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from towerrec.artifact import Artifact
+from towerrec.artifact.format import MANIFEST
 from towerrec.data.schema import CATEGORY_SEP
-from towerrec.export import MANIFEST, Artifact, describe
+from towerrec.index import describe
 from towerrec.retrieval import Retriever
+from towerrec.retrieval.retriever import category_key
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +63,6 @@ class LRUCache:
         return len(self._data)
 
 
-def category_key(category: str) -> str:
-    """A category path normalised as `Retriever.category_mask` matches it ('A>B ' -> 'A > B')."""
-    return CATEGORY_SEP.join(part.strip() for part in category.split(CATEGORY_SEP.strip()))
-
-
 def category_prefixes(categories: Sequence[str | None]) -> frozenset[str]:
     """Every category path prefix present in a catalog ('A > B > C' gives 'A', 'A > B', 'A > B > C')."""
     out: set[str] = set()
@@ -76,14 +74,6 @@ def category_prefixes(categories: Sequence[str | None]) -> frozenset[str]:
     return frozenset(out)
 
 
-def _shown(value) -> str | None:
-    """A catalog field as the API shows it: missing / NaN / empty -> None."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    text = str(value)
-    return text if text else None
-
-
 class ServiceState:
     """One verified artifact, its Retriever and what requests need, precomputed."""
 
@@ -93,25 +83,12 @@ class ServiceState:
         self.path = str(artifact.path)
         self.version = hashlib.sha256((artifact.path / MANIFEST).read_bytes()).hexdigest()[:16]
         self.loaded_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        items = artifact.items
-        self.num_items = len(items)
-        self.row_ids = artifact.row_ids
-        self.prices = items["price"].to_numpy(dtype=np.float64)  # (N,), NaN = unknown
+        self.table = artifact.table  # item id <-> position <-> row id, shown product dicts, prices
+        self.num_items = len(self.table)
         self.popularity = np.asarray(artifact.popularity, dtype=np.int64)  # (N,)
         self.popularity_order = np.argsort(-self.popularity, kind="stable")  # positions, most popular first
-        # what responses show of each product (table position -> dict), and the product-tower text
-        self.shown = [
-            {"item_id": str(i), "title": str(t), "brand": _shown(b), "category": _shown(c),
-             "price": None if p is None or math.isnan(p) else float(p)}
-            for i, t, b, c, p in zip(items["item_id"], items["title"], items["brand"], items["category"],
-                                     self.prices.tolist())
-        ]
-        self.texts = items["text"].astype(str).tolist()
-        # id lookups as plain dict / array indexing: pandas get_indexer costs ~1 ms a call, a request makes several
-        self.position_of_id = {s["item_id"]: i for i, s in enumerate(self.shown)}
-        self.position_of_row = np.full(int(self.row_ids.max()) + 1, -1, dtype=np.int64)
-        self.position_of_row[self.row_ids] = np.arange(len(self.row_ids))
-        self.categories = category_prefixes([s["category"] for s in self.shown])  # category filters that match
+        self.texts = artifact.items["text"].astype(str).tolist()  # the product-tower text, for /items
+        self.categories = category_prefixes([p["category"] for p in self.table.products])  # filters that match
         self.user_vectors = LRUCache(user_cache_size)
         self.known_users = 0
         self.explainer = None  # set before the state is served when explanations are enabled (its vocabulary)
@@ -148,7 +125,7 @@ class ServiceState:
                         self.user_vectors.size, len(histories))
         texts = []
         for history in histories:  # the text a request for this user renders (unknown ids dropped likewise)
-            pos = self.positions(history)
+            pos = self.table.positions_of_items(history)
             texts.append(self.retriever.user_text(pos[pos >= 0]))
         texts = list(dict.fromkeys(texts))
         start = time.perf_counter()
@@ -161,16 +138,7 @@ class ServiceState:
 
     def position(self, item_id: str) -> int:
         """Table position of an item id, -1 if unknown."""
-        return self.position_of_id.get(str(item_id), -1)
-
-    def positions(self, item_ids) -> np.ndarray:
-        """(n,) table positions of item ids, -1 for unknown ones."""
-        get = self.position_of_id.get
-        return np.fromiter((get(str(i), -1) for i in item_ids), dtype=np.int64)
-
-    def positions_of_rows(self, row_ids) -> np.ndarray:
-        """(n,) table positions of row ids (all known: they come from this artifact's index)."""
-        return self.position_of_row[np.asarray(row_ids, dtype=np.int64)]
+        return self.table.position_of_id.get(str(item_id), -1)
 
     def info(self) -> dict:
         art = self.artifact

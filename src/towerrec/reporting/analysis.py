@@ -7,9 +7,8 @@ Recall/NDCG/MRR for every K = 1..50 (`metrics_at_k`), exposure counts, exposure 
 decile and Lorenz curves (`exposure_by_popularity`, `lorenz_curve`). So Recall@10 here equals the harness's
 `recall@10` to the last bit, and the Gini of the exposure equals its `gini@L` (both tested).
 
-The two-tower model is scored through its exported artifact (`ArtifactScorer`: users embedded by the stored
-user tower, exactly as `towerrec.retrieval.evaluate_artifact` does), baselines through their own scorers
-(`default_baselines`). `load_training_log` reads the CSV logger's `metrics.csv` of a run directory into
+The two-tower model is scored through its exported artifact (`towerrec.retrieval.ArtifactScorer`, as
+`evaluate_artifact` does), baselines through their own scorers (`default_baselines`). `load_training_log` reads the CSV logger's `metrics.csv` of a run directory into
 per-step training rows, per-epoch validation rows and the final evaluation of the best checkpoint.
 """
 
@@ -26,14 +25,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from towerrec import baselines
 from towerrec import evaluation
 from towerrec.data.splits import Examples, Split
+from towerrec.evaluation import EvalConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "MISSED",
-    "ArtifactScorer",
     "Ranking",
     "TrainingLog",
     "dataset_summary",
@@ -51,7 +51,6 @@ __all__ = [
 ]
 
 MISSED = np.iinfo(np.int64).max  # rank of a target that can never be recommended (it is in the history)
-EVAL_KEYS = ("exclude_history", "tie_seed", "batch_size", "beyond_k")
 
 
 # ------------------------------------------------------------------------------------------------- ranks
@@ -78,9 +77,9 @@ def rank_users(
     examples: Examples,
     num_items: int,
     *,
-    exclude_history: bool = True,
-    tie_seed: int = 0,
-    batch_size: int = 256,
+    exclude_history: bool = EvalConfig.exclude_history,
+    tie_seed: int = EvalConfig.tie_seed,
+    batch_size: int = EvalConfig.batch_size,
     list_len: int = 10,
     progress: bool = False,
     desc: str = "rank",
@@ -118,11 +117,10 @@ def rank_split(scorer: evaluation.Scorer, split: Split, stage: str = "test", eva
                *, progress: bool = False, desc: str | None = None) -> Ranking:
     """`rank_users` on a split's valid or test examples, with the list length and options of an eval config
     (`conf/eval/default.yaml`: exclude_history, tie_seed, batch_size, beyond_k = list length)."""
-    cfg = {"exclude_history": True, "tie_seed": 0, "batch_size": 256, "beyond_k": 10}
-    cfg.update({k: v for k, v in dict(eval_cfg or {}).items() if k in EVAL_KEYS})
-    return rank_users(scorer, split.examples(stage), split.num_items, exclude_history=bool(cfg["exclude_history"]),
-                      tie_seed=int(cfg["tie_seed"]), batch_size=int(cfg["batch_size"]),
-                      list_len=int(cfg["beyond_k"]), progress=progress, desc=desc or f"rank {stage}")
+    cfg = EvalConfig.from_any(eval_cfg)
+    return rank_users(scorer, split.examples(stage), split.num_items, exclude_history=cfg.exclude_history,
+                      tie_seed=cfg.tie_seed, batch_size=cfg.batch_size, list_len=cfg.beyond_k, progress=progress,
+                      desc=desc or f"rank {stage}")
 
 
 def metrics_at_k(ranks: np.ndarray, max_k: int = 50) -> pd.DataFrame:
@@ -258,8 +256,6 @@ def dataset_summary(split: Split) -> dict[str, float]:
 def default_baselines(split: Split, kinds: Sequence[str] = ("popularity", "itemknn")) -> dict[str, evaluation.Scorer]:
     """The cheap baselines, fitted on the split's training part with their default settings (the values of
     conf/model/popularity.yaml and conf/model/itemknn.yaml); keyed by a display name."""
-    from towerrec import baselines
-
     out: dict[str, evaluation.Scorer] = {}
     for kind in kinds:
         if kind == "popularity":
@@ -269,46 +265,8 @@ def default_baselines(split: Split, kinds: Sequence[str] = ("popularity", "itemk
                                                       item_counts=split.item_counts())
         else:
             raise ValueError(f"unknown default baseline {kind!r}: choose from 'popularity', 'itemknn' "
-                             "(build others with towerrec.pipeline.build_baseline)")
+                             "(build others with towerrec.baselines.build_baseline)")
     return out
-
-
-class ArtifactScorer:
-    """The exported two-tower model as a harness scorer for one stage of a split.
-
-    The stage's users are embedded once, up front, by the artifact's user tower (through a
-    `towerrec.retrieval.Retriever`, the same text rendering and batching as `evaluate_artifact`); calls then
-    look users up by their id and score them against the stored item vectors. Split items missing from the
-    artifact score -inf."""
-
-    def __init__(self, retriever, split: Split, stage: str = "test", batch_size: int = 256, progress: bool = False):
-        from towerrec.retrieval import Retriever
-
-        retriever = retriever if isinstance(retriever, Retriever) else Retriever(retriever)
-        art = retriever.artifact
-        fingerprint = art.manifest.get("data", {}).get("fingerprint")
-        if fingerprint and fingerprint != split.fingerprint:
-            log.warning("scoring an artifact exported from data %s on data %s", fingerprint, split.fingerprint)
-        pos = art.position_of_item.get_indexer(split.catalog.item_ids)  # (N,) split item -> artifact position
-        self.missing = torch.from_numpy(pos < 0)  # (N,)
-        self.item_emb = torch.from_numpy(np.ascontiguousarray(art.embeddings[np.maximum(pos, 0)]))  # (N, D)
-        examples = split.examples(stage)
-        texts = [retriever.user_text(pos[h]) for h in tqdm(examples.histories, desc=f"user texts {stage}",
-                                                              disable=not progress)]
-        from towerrec.export import normalize_rows
-
-        emb = art.user_tower.encode(texts, batch_size, progress=progress)  # (U, D), as Retriever.embed_texts
-        self.user_emb = torch.from_numpy(normalize_rows(emb))  # (U, D) unit norm
-        self.row_of_user = pd.Index(examples.users)
-
-    def __call__(self, histories: Sequence[np.ndarray], users: np.ndarray) -> torch.Tensor:
-        rows = self.row_of_user.get_indexer(list(users))
-        if (rows < 0).any():
-            raise KeyError(f"user {users[int(np.flatnonzero(rows < 0)[0])]!r} was not embedded for this stage")
-        scores = self.user_emb[torch.from_numpy(rows)] @ self.item_emb.T  # (B, N)
-        if self.missing.any():
-            scores[:, self.missing] = -math.inf
-        return scores
 
 
 # ------------------------------------------------------------------------------------------- training logs

@@ -7,16 +7,18 @@ user tower, and hand both to the foundation harness (`towerrec.evaluation.evalua
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 
 import lightning as L
 import numpy as np
 import torch
 from torch import nn
 
-from towerrec import evaluation, loss as losses
+from towerrec import evaluation
 from towerrec.data.splits import Examples
-from towerrec.towers import TwoTower
+from towerrec.model import loss as losses
+from towerrec.model.encode import encode_tokens
+from towerrec.model.towers import TwoTower
 
 
 class RetrievalModule(L.LightningModule):
@@ -32,14 +34,16 @@ class RetrievalModule(L.LightningModule):
         memory_size: int = 0,  # cross-batch memory of recent item embeddings (extra negatives)
         cache_chunk_size: int | None = None,  # GradCache: embed this many rows at a time
         item_counts: np.ndarray | None = None,
-        ks: Sequence[int] = (5, 10, 20, 50),
-        beyond_k: int = 10,
-        tie_seed: int = 0,
-        exclude_history: bool = True,
+        eval_config: evaluation.EvalConfig | Mapping | None = None,
         seed: int = 0,
+        model_config: Mapping | None = None,  # what rebuilds `model` (plain `model` and `text` config values)
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "item_counts"])
+        self.eval_config = evaluation.EvalConfig.from_any(eval_config)
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "item_counts", "eval_config",
+                                          "model_config"])
+        # checkpoints carry the settings and the values that rebuild the towers (stage=export reads them back)
+        self.hparams.update(eval_config=self.eval_config.kwargs(), model_config=dict(model_config or {}))
         self.model = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
@@ -62,19 +66,24 @@ class RetrievalModule(L.LightningModule):
         torch.manual_seed(self.hparams.seed * 100_003 + self.current_epoch)
 
     def _loss(self, q: torch.Tensor, items: torch.Tensor, ids: torch.Tensor, num_pos: int) -> torch.Tensor:
-        """q (B, D) users; items (B + U, D): positives then uniform negatives; ids (B + U,)."""
+        """q (B, D) users; items (B + U, D): positives then the datamodule's uniform negatives; ids (B + U,).
+
+        Under DDP the item rows of every rank are gathered ([pos_0, neg_0, pos_1, neg_1, ...]) and
+        `losses.rank_offset_labels` points each query at its positive among them.
+        """
         h = self.hparams
         log_q = None
         if h.log_q_correction and len(self.log_q) > 1:
             log_q = self.log_q[ids].clone()  # (M,)
             log_q[num_pos:] = -math.log(len(self.log_q))  # uniform negatives: q = 1/N
-        labels = None
-        if self._trainer is not None and self._trainer.world_size > 1:  # items of every rank, with gradients
-            per_rank = len(items)  # B positives + U negatives on every rank
+        distributed = self._trainer is not None and self._trainer.world_size > 1
+        # B positives + U negatives on every rank; one rank: arange(B)
+        labels = losses.rank_offset_labels(len(q), self.global_rank if distributed else 0,
+                                           columns_per_rank=len(items), device=q.device)  # (B,)
+        if distributed:  # items of every rank, with gradients
             items = losses.gather_with_grad(items)  # (world * M, D)
             ids = losses.gather_with_grad(ids)
             log_q = losses.gather_with_grad(log_q) if log_q is not None else None
-            labels = torch.arange(len(q), device=q.device) + self.global_rank * per_rank
         if self.memory is not None and len(self.memory):
             mem_emb, mem_ids = self.memory.get()
             items = torch.cat([items, mem_emb.to(items)])
@@ -123,20 +132,11 @@ class RetrievalModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- evaluation ---------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_catalog(self, loader, num_items: int, progress: bool = False) -> torch.Tensor:
-        """(N, D) product-tower embeddings of the whole catalog, encoded in chunks."""
-        from tqdm.auto import tqdm
-
-        out = torch.empty(num_items, self.model.dim, device=self.device)
-        for batch in tqdm(loader, desc="encode catalog", disable=not progress, leave=False):
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            out[batch["item_idx"]] = self.model.embed_items(batch).float()  # autocast may give bf16
-        return out
-
     def _eval_start(self) -> None:
         dm = self.trainer.datamodule
-        self._item_emb = self.encode_catalog(dm.catalog_loader(), len(dm.item_tokens))
+        tower = self.model.item_tower
+        self._item_emb = encode_tokens(tower, dm.item_tokens, dm.pad_id, tower.dim, batch_size=dm.eval_batch_size,
+                                       device=self.device, item_idx=np.arange(len(dm.item_tokens)))  # (N, D)
         self._eval_outputs = []
 
     def _eval_step(self, batch: dict) -> None:
@@ -155,10 +155,11 @@ class RetrievalModule(L.LightningModule):
         def scorer(histories, users):
             return (user_emb[torch.as_tensor(users, device=self.device)] @ item_emb.T).float().cpu()  # (B, N)
 
+        cfg = self.eval_config
         metrics = evaluation.evaluate(
             scorer, positions, item_emb.shape[0], item_counts=self.item_counts,
-            item_categories=dm.split.catalog.top_category(), ks=self.hparams.ks, beyond_k=self.hparams.beyond_k,
-            tie_seed=self.hparams.tie_seed, exclude_history=self.hparams.exclude_history,
+            item_categories=dm.split.catalog.top_category(), ks=cfg.ks, beyond_k=cfg.beyond_k,
+            tie_seed=cfg.tie_seed, exclude_history=cfg.exclude_history,
         )
         self._eval_outputs, self._item_emb = [], None
         self.eval_metrics[stage] = metrics

@@ -9,7 +9,8 @@ The loss follows the order of TensorFlow Recommenders' retrieval task:
     loss = cross_entropy(logits, labels)
 
 Columns of `items` are the candidates of every query: the in-batch positives (rows 0..B-1 by default),
-then any extra negatives (uniform samples, a `CrossBatchMemory`, other ranks via `gather_with_grad`).
+then any extra negatives (uniform samples, which `towerrec.data.datamodule` draws and appends at collate
+time; a `CrossBatchMemory`; other ranks via `gather_with_grad`, located by `rank_offset_labels`).
 
 `cached_loss_backward` computes the same loss and the same parameter gradients as embedding the whole
 batch at once, in chunks small enough for memory (GradCache, Gao et al. 2021).
@@ -59,7 +60,7 @@ def in_batch_softmax_loss(
             constants do not matter. Columns drawn from different distributions (in-batch vs uniform)
             need their own values, e.g. `log_q_from_counts(...)[ids]` and `log(1 / num_items)`.
         labels: optional (B,) long column index of each query's positive; default `arange(B)`.
-            Under DDP with gathered items, pass `rank_offset_labels(B, rank)`.
+            Under DDP with gathered items, pass `rank_offset_labels(B, rank, columns_per_rank)`.
         mask_accidental_hits: if True, a column holding the same item id as the row's positive (but
             not the positive column itself) is removed from that row's softmax.
         reduction: 'mean', 'sum' or 'none' (then a (B,) tensor of per-query losses).
@@ -149,19 +150,6 @@ def log_q_from_counts(counts: Tensor | np.ndarray, min_count: float = 1.0) -> Te
         raise ValueError("counts must be finite and non-negative")
     smoothed = counts.clamp(min=min_count)  # (N,)
     return smoothed.log() - smoothed.sum().log()  # (N,)
-
-
-def uniform_negatives(
-    num_items: int, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
-) -> Tensor:
-    """(n,) item indices drawn uniformly with replacement from 0..num_items-1 (the caller embeds them).
-
-    Their logQ value is log(1 / num_items) for every column; accidental hits with the batch's
-    positives are masked by the loss.
-    """
-    if num_items < 1 or n < 0:
-        raise ValueError(f"need num_items >= 1 and n >= 0, got num_items={num_items}, n={n}")
-    return torch.randint(0, num_items, (n,), generator=generator, device=device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,14 +260,30 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return _AllGather.apply(x)
 
 
-def rank_offset_labels(batch_size: int, rank: int | None = None, device: torch.device | str | None = None) -> Tensor:
-    """(B,) labels arange(B) + rank * B: where this rank's positives sit among gathered items.
+def rank_offset_labels(
+    num_positives: int,
+    rank: int | None = None,
+    columns_per_rank: int | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """(B,) column of each of this rank's B positives among the item rows gathered from every rank.
 
+    Every rank sends the same `columns_per_rank` rows (default B): its B positives, then its extra
+    negatives (e.g. uniform samples). `gather_with_grad` concatenates them in rank order,
+    [pos_0, neg_0, pos_1, neg_1, ...], so rank r's positives are the columns
+    r * columns_per_rank + arange(B). With one rank (rank 0) this is arange(B), the loss's default.
     `rank` defaults to this process's rank (0 without a process group).
     """
     if rank is None:
         rank = torch.distributed.get_rank() if _distributed() else 0
-    return torch.arange(batch_size, device=device) + rank * batch_size
+    if columns_per_rank is None:
+        columns_per_rank = num_positives
+    if num_positives < 0 or rank < 0 or columns_per_rank < num_positives:
+        raise ValueError(
+            "need num_positives >= 0, rank >= 0 and columns_per_rank >= num_positives (positives come first), "
+            f"got num_positives={num_positives}, rank={rank}, columns_per_rank={columns_per_rank}"
+        )
+    return torch.arange(num_positives, device=device) + rank * columns_per_rank
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""`python -m towerrec.artifact {verify,add,remove} ARTIFACT_DIR ...`: check an artifact, add or remove products."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from towerrec.artifact.reader import Artifact
+from towerrec.artifact.update import add_items, remove_items
+from towerrec.index import describe
+
+
+def _read_items(path: Path) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix in (".jsonl", ".json"):
+        return pd.read_json(path, lines=path.suffix == ".jsonl", dtype={"item_id": str})
+    return pd.read_csv(path, dtype={"item_id": str}, sep="\t" if path.suffix == ".tsv" else ",")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m towerrec.artifact", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("verify", help="check files, checksums and shapes of an artifact")
+    p.add_argument("artifact")
+    p = sub.add_parser("add", help="add (or update) products from a CSV/TSV/JSONL/parquet file of catalog rows")
+    p.add_argument("artifact")
+    p.add_argument("items")
+    p.add_argument("--no-replace", action="store_true", help="refuse products whose item_id already exists")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the index from the stored embeddings")
+    p.add_argument("--batch-size", type=int, default=256)
+    p = sub.add_parser("remove", help="remove products by item id")
+    p.add_argument("artifact")
+    p.add_argument("item_ids", nargs="*", help="item ids (or --file)")
+    p.add_argument("--file", help="a text file with one item id per line")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the index from the stored embeddings")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        if args.command == "verify":
+            art = Artifact.load(args.artifact, verify=True)
+            m = art.manifest
+            print(f"ok: {art.path}: {art.num_items} items, dim {art.dim}, index {m['index']['factory']} "
+                  f"({describe(art.index)}), schema {m['schema_version']}, data {m.get('data', {}).get('fingerprint')}")
+        elif args.command == "add":
+            summary = add_items(args.artifact, _read_items(Path(args.items)), replace=not args.no_replace,
+                                rebuild=args.rebuild, batch_size=args.batch_size)
+            print(json.dumps(summary))
+        else:
+            ids = list(args.item_ids)
+            if args.file:
+                ids += [line.strip() for line in Path(args.file).read_text().splitlines() if line.strip()]
+            print(json.dumps(remove_items(args.artifact, ids, rebuild=args.rebuild)))
+    except (ValueError, FileNotFoundError) as e:  # ArtifactError and DataError are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

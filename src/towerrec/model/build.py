@@ -1,0 +1,25 @@
+"""Build an untrained TwoTower (and its tokenizer) from the plain values of the `model` config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from towerrec.model.encoders import load_encoder
+from towerrec.model.towers import TwoTower
+
+
+
+def build_two_tower(params: Mapping, corpus: Sequence[str], item_counts: np.ndarray | None = None):
+    """(TwoTower, tokenizer) with weights as `params["encoder"]` says (pretrained or random init).
+
+    `corpus`: product texts (a locally built tokenizer is trained on them for random-init encoders);
+    `item_counts` (N,): training counts, needed when `item_id_embedding` is on."""
+    encoder, tokenizer = load_encoder(params["encoder"], corpus=corpus)
+    projection_dim = params.get("projection_dim") or (encoder.config.hidden_size if params.get("projection") else None)
+    model = TwoTower(encoder, pooling=params["pooling"], projection_dim=projection_dim,
+                     shared_encoder=params["shared_encoder"], freeze_layers=params["freeze_layers"],
+                     dropout=params.get("dropout"),
+                     item_id_counts=item_counts if params.get("item_id_embedding") else None)
+    return model, tokenizer

@@ -1,0 +1,1 @@
+"""What a person reads after a run: rankings and curves (`analysis`), figures (`plots`), sweep tables (`sweeps`)."""

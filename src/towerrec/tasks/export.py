@@ -1,0 +1,86 @@
+"""`stage=export` and the export at the end of training: config -> `towerrec.artifact.export_artifact`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from towerrec import evaluation
+from towerrec.artifact import Artifact, export_artifact, set_metrics
+from towerrec.data.load import load_split
+from towerrec.data.text import TextConfig, render_items
+from towerrec.model.build import build_two_tower
+from towerrec.retrieval import evaluate_artifact
+from towerrec.utils.hydra import config_dict
+from towerrec.utils.io import to_plain
+
+log = logging.getLogger(__name__)
+
+
+def _out_dir(cfg: DictConfig, out_dir) -> Path:
+    return Path(out_dir or to_plain(cfg.get("export")).get("dir") or Path(cfg.paths.output_dir) / "artifact")
+
+
+def export_run(cfg: DictConfig, objects: Mapping, metrics: Mapping | None,
+               out_dir: str | os.PathLike | None = None) -> Path | None:
+    """Export at the end of `towerrec.tasks.train.fit_two_tower` (call on global rank zero only).
+
+    `objects`: its dict (module.model holds the best checkpoint's weights after trainer.test). Reads
+    cfg.export (enabled, dir, batch_size, progress) and cfg.index; both may be absent (defaults: export to
+    <run>/artifact, flat index). Returns the artifact path, or None when cfg.export.enabled is false.
+    """
+    dm = objects["datamodule"]
+    exp = to_plain(cfg.get("export"))
+    if not exp.get("enabled", True):
+        return None
+    return export_artifact(
+        _out_dir(cfg, out_dir), objects["module"].model, dm.tokenizer, dm.split, dm.text,
+        item_max_length=dm.item_max_length, user_max_length=dm.user_max_length,
+        index_cfg=cfg.get("index"), train_cfg=config_dict(cfg), metrics=metrics or {},
+        batch_size=int(exp.get("batch_size") or dm.eval_batch_size), progress=bool(exp.get("progress", True)),
+    )
+
+
+def export_checkpoint(cfg: DictConfig, ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                      evaluate: bool = True) -> Path:
+    """`stage=export ckpt_path=...`: rebuild the towers from the values stored in the checkpoint (the run's
+    `model` and `text` config; `cfg`'s for checkpoints written before they were stored), load its weights
+    (torch.load with weights_only=True), export, and (if `evaluate`) record the artifact's own valid/test
+    metrics, computed through the exported files."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    stored = (checkpoint.get("hyper_parameters") or {}).get("model_config") or {}
+    model_cfg = stored.get("model") or to_plain(cfg.model)
+    text = TextConfig.from_dict(stored.get("text") or to_plain(cfg.text))
+    if stored and stored.get("model") != to_plain(cfg.model):
+        log.info("stage=export: the towers are rebuilt as the checkpoint's run configured them, not from cfg.model")
+    split = load_split(to_plain(cfg.data))
+    model, tokenizer = build_two_tower(model_cfg, render_items(split.catalog, text), split.item_counts())
+    weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(weights, strict=True)
+    exp = to_plain(cfg.get("export"))
+    dmc = model_cfg["datamodule"]
+    path = export_artifact(_out_dir(cfg, out_dir), model, tokenizer, split, text,
+                           item_max_length=dmc["item_max_length"], user_max_length=dmc["user_max_length"],
+                           index_cfg=cfg.get("index"), train_cfg={**config_dict(cfg), "ckpt_path": str(ckpt_path)},
+                           metrics={}, batch_size=int(exp.get("batch_size") or dmc["eval_batch_size"]),
+                           progress=bool(exp.get("progress", True)))
+    if evaluate:
+        metrics = evaluate_artifact(Artifact.load(path), split, cfg.eval, stages=("valid", "test"),
+                                    batch_size=int(dmc["eval_batch_size"]))
+        set_metrics(path, metrics)
+    return path
+
+
+def export_only(cfg: DictConfig) -> tuple[dict[str, float], dict]:
+    """`python train.py stage=export ckpt_path=...`: export a trained checkpoint without training."""
+    if not cfg.get("ckpt_path"):
+        raise ValueError("stage=export needs ckpt_path=PATH/TO/CHECKPOINT.ckpt")
+    path = export_checkpoint(cfg, cfg.ckpt_path)
+    metrics = dict(Artifact.load(path).manifest.get("metrics", {}))
+    print(f"exported {cfg.ckpt_path} to {path}\n" + evaluation.format_table(metrics))
+    return metrics, {"artifact": path}

@@ -1,0 +1,1 @@
+"""Helpers every layer may use: plain-value conversion and JSON files (`io`), Hydra glue for tasks (`hydra`)."""

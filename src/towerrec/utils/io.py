@@ -1,0 +1,71 @@
+"""Plain values and files: config -> dict, JSON-safe copies, redaction, sha256, timestamps. No towerrec imports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+SECRET_WORDS = ("secret", "password", "token", "api_key", "apikey", "credential")
+
+
+def to_plain(cfg) -> dict:
+    """A plain dict from a mapping or an OmegaConf DictConfig (interpolations resolved); None -> {}."""
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return dict(OmegaConf.to_container(cfg, resolve=True))
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra-core
+        pass
+    return dict(cfg)
+
+
+def jsonable(obj):
+    """JSON-safe copy: tuples -> lists, numpy scalars -> Python, non-finite floats -> None, others -> str."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    return str(obj)
+
+
+def redact(obj):
+    """Drop the values of secret-looking keys (e.g. data.user_id_secret) from a config."""
+    if isinstance(obj, dict):
+        return {k: ("<redacted>" if any(w in k.lower() for w in SECRET_WORDS) and v is not None else redact(v))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
