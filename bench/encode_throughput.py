@@ -3,7 +3,7 @@
 Both sides embed the same item texts with the same model (the packaged all-MiniLM-L6-v2 by default), the
 same batch size and the same max length, in one process, and report items/s:
 
-  ours   towerrec.export.encode_texts over the product tower, as `export_artifact` calls it: the texts are
+  ours   towerrec.model.encode.encode_texts over the product tower, as `export_artifact` calls it: the texts are
          tokenized once up front, sorted by token length, padded per batch, run under torch.no_grad in eval
          mode, then L2-normalised (normalize_rows).
   theirs SentenceTransformer(path).encode(texts, batch_size=..., normalize_embeddings=True): sorts by
@@ -19,7 +19,7 @@ same token ids, so that the comparison is between equal work.
     python bench/encode_throughput.py --items 500 --repeats 1         # smoke run
     python bench/encode_throughput.py --data scientific --precision bf16 --repeats 5 --out bench/results/encode.json
 
-Nothing is downloaded: `minilm` is the packaged all-MiniLM-L6-v2 (towerrec.encoders.resolve_path).
+Nothing is downloaded: `minilm` is the packaged all-MiniLM-L6-v2 (towerrec.model.encoders.resolve_path).
 """
 
 from __future__ import annotations

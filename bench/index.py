@@ -1,6 +1,6 @@
 """FAISS index presets of the export (conf/index/*.yaml): build time, size, latency and recall@10.
 
-Every index is built by `towerrec.export.build_index` (or `build_sharded_index` with --shards) from the
+Every index is built by `towerrec.index.build_index` (or `build_sharded_index` with --shards) from the
 project's own presets, and searched after `apply_search_params`, so the numbers describe what an exported
 artifact serves. The vectors are synthetic, "random but clustered" and L2-normalised like the product
 tower's output: Gaussian cluster centres of uneven sizes, each cluster spread along its own low-dimensional
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"""
 n={args.n:,} dim={args.dim} queries={args.queries:,}; recall@10 against the exact inner-product top-10.
 *        the preset's own search setting (conf/index/*.yaml)
-build s  train + add (towerrec.export.build_index), {plural(threads, 'thread')}
+build s  train + add (towerrec.index.build_index), {plural(threads, 'thread')}
 B/vec    serialized index / n. IVF-PQ re-ranking rows show "compressed+full": the refine index keeps every
          full float32 vector ({args.dim * 4} B) next to the PQ codes. IVF-PQ rows without k_factor search the
          compressed index alone (the index that `refine: false` builds).

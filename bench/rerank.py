@@ -7,8 +7,9 @@ fusion when --adapter is given. Prints a table, writes JSON (and with --rerank-d
 rerank.json holds the tuned weight).
 
 latency: requests built from test users of the same dataset (history = their items, candidates =
-`Retriever.recommend` top-N), timed around `Reranker.rerank` only (retrieval excluded), after warm-up, on
---threads torch threads; p50/p95 per scorer. Run it on a quiet machine: other jobs on the cores inflate it.
+`Retriever.recommend` top-N), timed around `Reranker.rank` only (what the service calls; retrieval excluded),
+after warm-up, on --threads torch threads; p50/p95 per scorer. Run it on a quiet machine: other jobs on the
+cores inflate it.
 
     python bench/rerank.py quality --valid-users 300 --test-users 500             # Scientific, ~20-40 min
     python bench/rerank.py quality --adapter DIR                                  # + fine-tuned rows
@@ -68,9 +69,10 @@ def machine() -> dict:
 
 def quality(args, cfg, split, retriever) -> dict:
     from towerrec.rerank.evaluate import evaluate_rerank, summary_table
-    from towerrec.rerank.reranker import RerankSettings, _plain, save_rerank_dir
+    from towerrec.rerank.reranker import RerankSettings, save_rerank_dir
+    from towerrec.utils.io import to_plain
 
-    rerank_cfg = {**_plain(cfg.rerank), "adapter": None}
+    rerank_cfg = {**to_plain(cfg.rerank), "adapter": None}
     rerank_cfg["eval"] = {**rerank_cfg.get("eval", {}), "valid_users": args.valid_users, "test_users": args.test_users}
     say(f"quality: {args.valid_users} validation + {args.test_users} test users, top_n {cfg.rerank.top_n}, "
         f"scorer {cfg.rerank.scorer}, adapter {args.adapter}")
@@ -113,11 +115,11 @@ def latency(args, cfg, split, retriever) -> dict:
     for scorer in [s.strip() for s in args.scorers.split(",") if s.strip()]:
         reranker = Reranker.from_config(cfg.rerank, scorer=scorer)
         for history, cands in requests[: args.warmup]:
-            reranker.rerank(history, cands)
+            reranker.rank(history, cands)
         times, tokens = [], []
         for history, cands in requests[args.warmup :]:
             t = time.perf_counter()
-            reranker.rerank(history, cands)
+            reranker.rank(history, cands)
             times.append(1000 * (time.perf_counter() - t))
         if scorer == "listwise":
             for history, cands in requests[args.warmup :]:

@@ -4,11 +4,13 @@ a failing one, explainers whose output is or is not grounded)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import torch
 import uvicorn
 
@@ -16,6 +18,7 @@ from towerrec.artifact.export import export_artifact
 from towerrec.data.text import TextConfig, render_items
 from towerrec.model.encoders import load_encoder
 from towerrec.model.towers import TwoTower
+from towerrec.rerank.reranker import RerankResult
 
 TINY_BERT = {"vocab_size": 300, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
              "intermediate_size": 32, "max_position_embeddings": 128}
@@ -72,15 +75,16 @@ class ServerThread:
 
 
 class ReverseReranker:
-    """Deterministic: the LM 'prefers' the retrieval order reversed (fused_score = position)."""
+    """Deterministic: the LM 'prefers' the retrieval order reversed (lm_score = fused_score = position)."""
 
     def __init__(self):
         self.calls: list[dict] = []
 
-    def rerank(self, history, candidates, query=None):
+    def rank(self, history, candidates, query=None):
         self.calls.append({"history": history, "candidates": candidates, "query": query})
-        scored = [{**c, "lm_score": float(i), "fused_score": float(i)} for i, c in enumerate(candidates)]
-        return scored[::-1]  # best first, as Reranker.rerank returns them
+        scores = np.arange(len(candidates), dtype=np.float64)
+        return RerankResult(order=np.arange(len(candidates), dtype=np.int64)[::-1], lm_score=scores,
+                            fused_score=scores.copy())
 
 
 class SlowReranker(ReverseReranker):
@@ -91,31 +95,40 @@ class SlowReranker(ReverseReranker):
         self.delay = delay
         self.finished = threading.Event()
 
-    def rerank(self, history, candidates, query=None):
+    def rank(self, history, candidates, query=None):
         time.sleep(self.delay)
-        out = super().rerank(history, candidates, query)
+        out = super().rank(history, candidates, query)
         self.finished.set()
         return out
 
 
 class ForeignReranker(ReverseReranker):
-    """Returns something other than a permutation of its candidates: one dropped, one twice, or an unknown row."""
+    """Answers something other than a ranking of its candidates: an order with one dropped, one twice or an
+    index out of range, scores of the wrong length, or the old protocol's list of dicts."""
+
+    CHANGES = ("drop", "duplicate", "unknown", "scores", "dicts")
 
     def __init__(self, change: str):
         super().__init__()
+        assert change in self.CHANGES, change
         self.change = change
 
-    def rerank(self, history, candidates, query=None):
-        out = super().rerank(history, candidates, query)
+    def rank(self, history, candidates, query=None):
+        out = super().rank(history, candidates, query)
+        order = out.order
         if self.change == "drop":
-            return out[:-1]
+            return dataclasses.replace(out, order=order[:-1])
         if self.change == "duplicate":
-            return out[:-1] + out[:1]
-        return out[:-1] + [{**out[-1], "row_id": 10**9}]
+            return dataclasses.replace(out, order=np.concatenate([order[:-1], order[:1]]))
+        if self.change == "unknown":
+            return dataclasses.replace(out, order=np.concatenate([order[:-1], [len(candidates)]]))
+        if self.change == "scores":
+            return dataclasses.replace(out, lm_score=out.lm_score[:-1])
+        return [{**candidates[i], "lm_score": 0.0, "fused_score": 0.0} for i in order]
 
 
 class FailingReranker:
-    def rerank(self, history, candidates, query=None):
+    def rank(self, history, candidates, query=None):
         raise RuntimeError("the LM fell over")
 
 

@@ -17,7 +17,7 @@ import torch
 from towerrec.rerank import fusion
 from towerrec.rerank import lm as lm_mod
 from towerrec.rerank import prompts as P
-from towerrec.rerank.reranker import Reranker, RerankSettings, save_rerank_dir
+from towerrec.rerank.reranker import Reranker, RerankResult, RerankSettings, save_rerank_dir
 from towerrec.rerank.scoring import ListwiseScorer, PointwiseScorer
 
 TINY = {"model_path": "random_init", "device": "cpu", "dtype": "float32"}
@@ -329,11 +329,38 @@ def test_rerank_reorders_the_top_n_and_keeps_the_rest(reranker):
     assert reranker.rerank([], []) == []
 
 
+def test_rank_is_rerank_as_positions(reranker):
+    """`rank` answers in candidate positions what `rerank` answers as dicts: the same order and scores."""
+    cands = candidates(8)
+    history = [product(20, "Hammer"), product(21, "Saw")]
+    result = reranker.rank(history, cands, query="nails")
+    assert isinstance(result, RerankResult) and len(result) == 8
+    assert result.order.dtype == np.int64 and result.order.shape == (8,)
+    assert sorted(result.order.tolist()) == list(range(8))
+    assert result.order[5:].tolist() == [5, 6, 7]  # beyond top_n: the given order, not scored
+    for scores in (result.lm_score, result.fused_score):
+        assert scores.dtype == np.float64 and scores.shape == (8,)
+        assert np.isfinite(scores[:5]).all() and np.isnan(scores[5:]).all()
+    assert result.fused_score[result.order[:5]].tolist() == sorted(result.fused_score[:5], reverse=True)
+    np.testing.assert_allclose(result.fused_score[:5],
+                               reranker.fuse(np.array([c["score"] for c in cands[:5]]), result.lm_score[:5]))
+    out = reranker.rerank(history, cands, query="nails")
+    assert [c["row_id"] for c in out] == result.order.tolist()
+    assert [c["lm_score"] for c in out[:5]] == result.lm_score[result.order[:5]].tolist()
+    assert [c["fused_score"] for c in out[:5]] == result.fused_score[result.order[:5]].tolist()
+    empty = reranker.rank([], [])
+    assert empty.order.shape == empty.lm_score.shape == empty.fused_score.shape == (0,)
+    short = reranker.rank(history, cands[:3])  # fewer candidates than top_n: all scored
+    assert sorted(short.order.tolist()) == [0, 1, 2] and np.isfinite(short.fused_score).all()
+
+
 def test_rerank_input_errors_name_the_field(reranker):
     with pytest.raises(ValueError, match=r"candidates\[1\]\['score'\]"):
         reranker.rerank([], [product(0, score=1.0), product(1)])
     with pytest.raises(TypeError, match=r"history\[0\]"):
         reranker.rerank(["not a dict"], candidates(2))
+    with pytest.raises(TypeError, match=r"candidates\[0\]"):
+        reranker.rank([], ["not a dict"])
     with pytest.raises(ValueError, match="rerank.scorer"):
         RerankSettings.from_config({"scorer": "pairwise"})
     with pytest.raises(ValueError, match="rerank.top_n"):

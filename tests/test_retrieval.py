@@ -324,5 +324,14 @@ def test_pipeline_export_and_checkpoint_export_reproduce_the_run_metrics(tmp_pat
         assert art2.manifest["train_config"]["ckpt_path"] == str(ckpt)
         for key, value in got.items():
             assert art2.manifest["metrics"][key] == pytest.approx(value, abs=1e-9), key
+
+        # the checkpoint, not the config it is handed, says how the towers are built
+        assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["model_config"]["model"]["item_id_embedding"]
+        with open_dict(cfg):
+            cfg.model.item_id_embedding = False
+            cfg.model.projection_dim = 7
+            cfg.model.encoder.random_init.hidden_size = 48
+        path3 = export_checkpoint(cfg, ckpt, out_dir=tmp_path / "other_cfg", evaluate=False)
+        np.testing.assert_array_equal(Artifact.load(path3).embeddings, art.embeddings)
     finally:
         HydraConfig.instance().cfg = None

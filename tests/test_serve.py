@@ -382,15 +382,18 @@ def test_failing_rerank_degrades_instead_of_failing(server, artifact, doubles):
     assert r.status_code == 200 and r.json()["served_by"] == "degraded" and "failed" in r.json()["notes"][0]
 
 
-@pytest.mark.parametrize("change", ["drop", "duplicate", "unknown"])
+@pytest.mark.parametrize("change", ForeignReranker.CHANGES)
 def test_rerank_returning_other_candidates_is_ignored(server, artifact, doubles, change):
-    """The LM's order is read back as table positions (by row id): anything but a permutation is refused."""
+    """The LM's answer is an order over the candidates it was given: anything but a permutation of their
+    positions (with scores for each) is refused, the retrieval order served and flagged degraded."""
     _, history = user_history(artifact, 0)
     retrieval = post(server, "/recommend", {"history": history, "k": 3}).json()
     doubles["reranker"].impl = ForeignReranker(change)
     r = post(server, "/recommend", {"history": history, "k": 3, "rerank": True})
-    assert r.status_code == 200 and r.json()["served_by"] == "degraded" and "failed" in r.json()["notes"][0]
+    assert r.status_code == 200 and r.json()["served_by"] == "degraded" and r.json()["degraded"] is True
+    assert "failed" in r.json()["notes"][0]
     assert ids(r.json()["items"]) == ids(retrieval["items"])
+    assert all(it["lm_score"] is None for it in r.json()["items"])
 
 
 def test_explanations_are_shown_only_when_grounded(server, artifact, doubles):

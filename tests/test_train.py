@@ -1,4 +1,4 @@
-"""End-to-end tests of the training entry point: `towerrec.pipeline.train(cfg)` and `python train.py`.
+"""End-to-end tests of the training entry point: `towerrec.tasks.train.train(cfg)` and `python train.py`.
 
 In-process tests compose the real config (conf/train.yaml, experiment=tiny on a smaller world) with every
 output under tmp_path. The `slow` tests run `python train.py` in subprocesses: resume after SIGKILL, DDP on
@@ -162,6 +162,16 @@ def test_baseline_run_writes_metrics(compose_cfg, tmp_path, model):
         # one global top list (minus each user's history): at most 10 + longest history items are shown
         longest = max(len(s) for s in objects["split"].sequences)
         assert metrics["test/coverage@10"] <= (10 + longest) / objects["split"].num_items
+
+
+def test_an_unknown_stage_is_an_error_not_a_training_run(compose_cfg, tmp_path):
+    from towerrec.tasks.train import train
+
+    run_dir = tmp_path / "run"
+    cfg = compose_cfg(["stage=exprot"], run_dir)
+    with pytest.raises(ValueError, match=r"stage='exprot' is not a stage; choose one of train, export, rerank"):
+        train(cfg)
+    assert not run_dir.exists()
 
 
 def test_missing_optimized_metric_is_an_error():

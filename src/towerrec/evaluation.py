@@ -51,6 +51,7 @@ import torch
 from tqdm.auto import tqdm
 
 from towerrec.data.splits import Examples, Split
+from towerrec.utils.io import check_fields
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,7 @@ class EvalConfig:
         if isinstance(cfg, EvalConfig):
             return cfg
         d = dict(cfg or {})
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown eval option(s) {sorted(unknown)}: use {[f.name for f in dataclasses.fields(cls)]}")
+        check_fields(cls, d, "eval")
         if "ks" in d:
             d["ks"] = tuple(int(k) for k in d["ks"])
         for key, kind in (("beyond_k", int), ("exclude_history", bool), ("batch_size", int), ("tie_seed", int)):
@@ -174,6 +173,38 @@ def chunk_rows(batch_size: int, num_items: int) -> int:
     return max(1, min(batch_size, CHUNK_BYTES // (4 * num_items)))
 
 
+@dataclasses.dataclass
+class ScoredChunk:
+    """One chunk of users as the protocol scores them: rows start..stop of the examples."""
+
+    start: int
+    stop: int
+    scores: torch.Tensor  # (B, N), history items at -inf when excluded
+    targets: torch.Tensor  # (B,) int64
+    missed: torch.Tensor  # (B,) bool: the target is in the history (excluded: it can never be recommended)
+
+
+def score_chunks(scorer: Scorer, examples: Examples, num_items: int, *, exclude_history: bool = True,
+                 batch_size: int = 256, progress: bool = False, desc: str = "eval"):
+    """Yield `ScoredChunk`s over all examples: the scorer's checked (B, N) scores, history items masked.
+    The one scoring loop behind `evaluate` and the per-user rankings of `towerrec.reporting.analysis`."""
+    targets_all = _check_examples(examples, num_items)
+    rows = chunk_rows(batch_size, num_items)
+    n = len(examples)
+    with torch.no_grad(), tqdm(total=n, desc=desc, unit="user", disable=not progress) as bar:
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            histories = list(examples.histories[start:stop])
+            users = np.asarray(examples.users[start:stop])
+            targets = torch.from_numpy(targets_all[start:stop])  # (B,)
+            scores = _score(scorer, histories, users, num_items, start, desc)  # (B, N)
+            missed = torch.zeros(len(targets), dtype=torch.bool)  # (B,) target hidden in the history
+            if exclude_history:
+                scores, missed = _mask_history(scores, histories, targets, num_items, start)
+            yield ScoredChunk(start, stop, scores, targets, missed)
+            bar.update(stop - start)
+
+
 def evaluate(
     scorer: Scorer,
     examples: Examples,
@@ -193,12 +224,10 @@ def evaluate(
     ks = _check_ks(ks)
     if beyond_k < 1:
         raise ValueError(f"beyond_k must be positive, got {beyond_k}")
-    targets_all = _check_examples(examples, num_items)
     self_info = _self_information(item_counts, num_items)  # (N,) float64
     categories = None if item_categories is None else _category_codes(item_categories, num_items)
     ties = tie_order(num_items, tie_seed)
     list_len = min(beyond_k, num_items)
-    rows = chunk_rows(batch_size, num_items)
     num_users = len(examples)
 
     sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "mrr")}
@@ -206,37 +235,28 @@ def evaluate(
     novelty_sum, slots = 0.0, 0
     diversity_sum, diverse_users = 0.0, 0
 
-    with torch.no_grad(), tqdm(total=num_users, desc=desc, unit="user", disable=not progress) as bar:
-        for start in range(0, num_users, rows):
-            stop = min(start + rows, num_users)
-            histories = list(examples.histories[start:stop])
-            users = np.asarray(examples.users[start:stop])
-            targets = torch.from_numpy(targets_all[start:stop])  # (B,)
-            scores = _score(scorer, histories, users, num_items, start, desc)  # (B, N)
-            missed = torch.zeros(len(targets), dtype=torch.bool)  # (B,) target hidden in the history
-            if exclude_history:
-                scores, missed = _mask_history(scores, histories, targets, num_items, start)
+    for chunk in score_chunks(scorer, examples, num_items, exclude_history=exclude_history, batch_size=batch_size,
+                              progress=progress, desc=desc):
+        scores, targets, missed = chunk.scores, chunk.targets, chunk.missed
+        ranks = rank_targets(scores, targets, ties).cpu().double()  # (B,)
+        for k in ks:
+            hit = (ranks < k) & ~missed  # (B,)
+            sums[f"recall@{k}"] += hit.sum().item()
+            sums[f"ndcg@{k}"] += torch.where(hit, 1.0 / torch.log2(ranks + 2), 0.0).sum().item()
+            sums[f"mrr@{k}"] += torch.where(hit, 1.0 / (ranks + 1), 0.0).sum().item()
 
-            ranks = rank_targets(scores, targets, ties).cpu().double()  # (B,)
-            for k in ks:
-                hit = (ranks < k) & ~missed  # (B,)
-                sums[f"recall@{k}"] += hit.sum().item()
-                sums[f"ndcg@{k}"] += torch.where(hit, 1.0 / torch.log2(ranks + 2), 0.0).sum().item()
-                sums[f"mrr@{k}"] += torch.where(hit, 1.0 / (ranks + 1), 0.0).sum().item()
-
-            lists = top_k(scores, list_len, ties)  # (B, L)
-            shown = (scores.gather(1, lists) > -math.inf).cpu()  # (B, L) leaves out -inf (masked) items
-            lists = lists.cpu()
-            listed = lists[shown]  # (S,)
-            exposure += torch.bincount(listed, minlength=num_items)
-            novelty_sum += self_info[listed].sum().item()
-            slots += listed.numel()
-            if categories is not None:
-                shares = _differing_pair_share(categories[lists], shown)  # (B,) NaN without pairs
-                valid = ~torch.isnan(shares)
-                diversity_sum += shares[valid].sum().item()
-                diverse_users += int(valid.sum())
-            bar.update(stop - start)
+        lists = top_k(scores, list_len, ties)  # (B, L)
+        shown = (scores.gather(1, lists) > -math.inf).cpu()  # (B, L) leaves out -inf (masked) items
+        lists = lists.cpu()
+        listed = lists[shown]  # (S,)
+        exposure += torch.bincount(listed, minlength=num_items)
+        novelty_sum += self_info[listed].sum().item()
+        slots += listed.numel()
+        if categories is not None:
+            shares = _differing_pair_share(categories[lists], shown)  # (B,) NaN without pairs
+            valid = ~torch.isnan(shares)
+            diversity_sum += shares[valid].sum().item()
+            diverse_users += int(valid.sum())
 
     metrics = {name: total / num_users for name, total in sums.items()}
     k = beyond_k

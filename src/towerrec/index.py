@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import faiss
 import numpy as np
 
-from towerrec.utils.io import to_plain
+from towerrec.utils.io import check_fields, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,7 @@ class IndexConfig:
         if isinstance(cfg, str):
             return cls(factory=cfg)
         d = to_plain(cfg)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown index option(s) {sorted(unknown)}")
+        check_fields(cls, d, "index")
         d["search"] = dict(d.get("search") or {})
         bad = set(d["search"]) - {"efSearch", "nprobe", "k_factor"}
         if bad:

@@ -13,8 +13,17 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import save_file as save_numpy
 
-from towerrec.artifact.format import (EMBEDDINGS_FILE, INDEX_FILE, ITEMS_FILE, POPULARITY_FILE, SCHEMA_VERSION,
-                                      TEXT_FILE, TOWER_DIRS, USERS_FILE, shard_file)
+from towerrec.artifact.format import (
+    EMBEDDINGS_FILE,
+    INDEX_FILE,
+    ITEMS_FILE,
+    POPULARITY_FILE,
+    SCHEMA_VERSION,
+    TEXT_FILE,
+    TOWER_DIRS,
+    USERS_FILE,
+    shard_file,
+)
 from towerrec.artifact.items import item_frame
 from towerrec.artifact.store import write_artifact
 from towerrec.artifact.towers import save_tower

@@ -12,9 +12,20 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file as load_numpy
 
-from towerrec.artifact.format import (EMBEDDINGS_FILE, ITEM_COLUMNS, ITEMS_FILE, MANIFEST, POPULARITY_FILE,
-                                      TEXT_FILE, TOWER_DIRS, USERS_FILE, ArtifactError, index_files, read_json,
-                                      read_manifest)
+from towerrec.artifact.format import (
+    EMBEDDINGS_FILE,
+    ITEM_COLUMNS,
+    ITEMS_FILE,
+    MANIFEST,
+    POPULARITY_FILE,
+    TEXT_FILE,
+    TOWER_DIRS,
+    USERS_FILE,
+    ArtifactError,
+    index_files,
+    read_json,
+    read_manifest,
+)
 from towerrec.artifact.items import ItemTable
 from towerrec.artifact.store import aside_path
 from towerrec.artifact.towers import Tower, load_tower

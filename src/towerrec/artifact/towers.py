@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from safetensors.torch import load_file as load_torch, save_file as save_torch
+from safetensors.torch import load_file as load_torch
+from safetensors.torch import save_file as save_torch
 
 from towerrec.artifact.format import TOWER_META, TOWER_WEIGHTS, ArtifactError, read_json
 from towerrec.data.tokens import count_tokens

@@ -20,8 +20,15 @@ import numpy as np
 import pandas as pd
 
 from towerrec.artifact.export import write_parts, write_tables
-from towerrec.artifact.format import (EMBEDDINGS_FILE, INDEX_FILE, ITEM_COLUMNS, ITEMS_FILE, POPULARITY_FILE, ArtifactError,
-                                      index_files)
+from towerrec.artifact.format import (
+    EMBEDDINGS_FILE,
+    INDEX_FILE,
+    ITEM_COLUMNS,
+    ITEMS_FILE,
+    POPULARITY_FILE,
+    ArtifactError,
+    index_files,
+)
 from towerrec.artifact.items import item_frame
 from towerrec.artifact.reader import Artifact
 from towerrec.artifact.store import artifact_lock, recover, write_artifact

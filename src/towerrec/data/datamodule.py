@@ -7,8 +7,8 @@ Validation/test batches carry one user each (history text) and are scored agains
 from __future__ import annotations
 
 import hashlib
-import os
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from towerrec.data.schema import Catalog
+from towerrec.utils.io import check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +39,7 @@ class TextConfig:
                 d[key] = tuple(d[key])
         if "labels" in d:
             d["labels"] = dict(d["labels"])
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown text option(s) {sorted(unknown)}")
+        check_fields(cls, d, "text")
         return cls(**d)
 
 

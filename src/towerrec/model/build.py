@@ -10,7 +10,6 @@ from towerrec.model.encoders import load_encoder
 from towerrec.model.towers import TwoTower
 
 
-
 def build_two_tower(params: Mapping, corpus: Sequence[str], item_counts: np.ndarray | None = None):
     """(TwoTower, tokenizer) with weights as `params["encoder"]` says (pretrained or random init).
 

@@ -23,10 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from towerrec import baselines
-from towerrec import evaluation
+from towerrec import baselines, evaluation
 from towerrec.data.splits import Examples, Split
 from towerrec.evaluation import EvalConfig
 
@@ -85,31 +83,20 @@ def rank_users(
     desc: str = "rank",
 ) -> Ranking:
     """Score every example once and keep the target ranks and top-`list_len` lists (the harness's protocol)."""
-    targets_all = evaluation._check_examples(examples, num_items)
     if list_len < 1:
         raise ValueError(f"list_len must be positive, got {list_len}")
     list_len = min(list_len, num_items)
     ties = evaluation.tie_order(num_items, tie_seed)
-    rows = evaluation.chunk_rows(batch_size, num_items)
     n = len(examples)
     ranks = np.empty(n, dtype=np.int64)
     top = np.empty((n, list_len), dtype=np.int64)
-    with torch.no_grad(), tqdm(total=n, desc=desc, unit="user", disable=not progress) as bar:
-        for start in range(0, n, rows):
-            stop = min(start + rows, n)
-            histories = list(examples.histories[start:stop])
-            users = np.asarray(examples.users[start:stop])
-            targets = torch.from_numpy(targets_all[start:stop])  # (B,)
-            scores = evaluation._score(scorer, histories, users, num_items, start, desc)  # (B, N)
-            missed = torch.zeros(len(targets), dtype=torch.bool)  # (B,)
-            if exclude_history:
-                scores, missed = evaluation._mask_history(scores, histories, targets, num_items, start)
-            r = evaluation.rank_targets(scores, targets, ties).cpu()  # (B,)
-            ranks[start:stop] = torch.where(missed, MISSED, r).numpy()
-            lists = evaluation.top_k(scores, list_len, ties)  # (B, L)
-            shown = scores.gather(1, lists) > -math.inf  # (B, L)
-            top[start:stop] = torch.where(shown, lists, -1).cpu().numpy()
-            bar.update(stop - start)
+    for chunk in evaluation.score_chunks(scorer, examples, num_items, exclude_history=exclude_history,
+                                         batch_size=batch_size, progress=progress, desc=desc):
+        r = evaluation.rank_targets(chunk.scores, chunk.targets, ties).cpu()  # (B,)
+        ranks[chunk.start : chunk.stop] = torch.where(chunk.missed, MISSED, r).numpy()
+        lists = evaluation.top_k(chunk.scores, list_len, ties)  # (B, L)
+        shown = chunk.scores.gather(1, lists) > -math.inf  # (B, L)
+        top[chunk.start : chunk.stop] = torch.where(shown, lists, -1).cpu().numpy()
     return Ranking(ranks, top, num_items)
 
 

@@ -218,7 +218,7 @@ def plot_popularity_bias(exposures: Mapping[str, np.ndarray], item_counts: np.nd
 
 def plot_sweep(df: pd.DataFrame, metric: str = "val/ndcg@10", params: Sequence[str] | None = None,
                ncols: int = 3) -> Figure:
-    """`metric` against each swept hyperparameter (`towerrec.sweeps.load_sweep` table), one panel each.
+    """`metric` against each swept hyperparameter (`towerrec.reporting.sweeps.load_sweep` table), one panel each.
 
     Numeric parameters are a scatter (log x when positive and spanning more than 20x), others one column of
     points per value with the mean marked. The best job is starred; failed jobs are counted in the title."""

@@ -1,7 +1,7 @@
 """Read a Hydra multirun (grid or Optuna) into one table: a row per job, its overrides and its metrics.
 
 A multirun writes `SWEEP_DIR/<job>/.hydra/overrides.yaml` (the job's command-line overrides, e.g.
-`loss.temperature=0.05`) and, for a job that finished, `SWEEP_DIR/<job>/metrics.json` (`towerrec.pipeline`);
+`loss.temperature=0.05`) and, for a job that finished, `SWEEP_DIR/<job>/metrics.json` (`towerrec.tasks.train`);
 a job that raised leaves `error.log` instead (train.py). The Optuna sweeper adds
 `SWEEP_DIR/optimization_results.yaml` (best parameters and value). Overrides are parsed with Hydra's own
 override grammar, so `0.05` is a float, `choice` values are typed and `+key=value` / `++key=value` count as

@@ -62,6 +62,7 @@ from towerrec.rerank.grounding import (
     title_lead,
 )
 from towerrec.rerank.prompts import FENCE, cap_tokens, clean_text, strip_special_tokens
+from towerrec.utils.io import check_fields, check_positive
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +120,11 @@ class ExplainConfig:
         d = dict(d or {})
         if d.get("ignore_terms") is not None:
             d["ignore_terms"] = tuple(d["ignore_terms"])
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown rerank.explain option(s) {sorted(unknown)}")
+        check_fields(cls, d, "rerank.explain")
         cfg = cls(**d)
-        for name in ("max_field_chars", "max_field_tokens", "max_new_tokens", "max_sentences", "max_chars",
-                     "describe_max_new_tokens", "describe_max_sentences", "max_attempts", "history_title_tokens",
-                     "title_tokens"):
-            if getattr(cfg, name) < 1:
-                raise ValueError(f"rerank.explain.{name} must be positive, got {getattr(cfg, name)}")
+        check_positive(cfg, ("max_field_chars", "max_field_tokens", "max_new_tokens", "max_sentences", "max_chars",
+                             "describe_max_new_tokens", "describe_max_sentences", "max_attempts",
+                             "history_title_tokens", "title_tokens"), "rerank.explain")
         if cfg.history_items < 0 or cfg.no_repeat_ngram < 0:
             raise ValueError(f"rerank.explain.history_items and no_repeat_ngram must be >= 0, got "
                              f"{cfg.history_items}, {cfg.no_repeat_ngram}")
@@ -219,7 +216,7 @@ class Explainer:
 
     @classmethod
     def for_artifact(cls, model, tokenizer, cfg: ExplainConfig | Mapping | None, artifact) -> Explainer:
-        """An Explainer whose vocabulary is an artifact's items table (`towerrec.export.Artifact` or its items)."""
+        """An Explainer whose vocabulary is an artifact's items table (`towerrec.artifact.Artifact` or its items)."""
         cfg = cfg if isinstance(cfg, ExplainConfig) else ExplainConfig.from_dict(cfg)
         items = artifact if isinstance(artifact, pd.DataFrame) else artifact.items
         vocabulary = Vocabulary.from_items(items, ignore_terms=cfg.ignore_terms,

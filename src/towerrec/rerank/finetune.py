@@ -52,6 +52,7 @@ import torch
 from tqdm.auto import tqdm
 
 from towerrec.rerank import prompts as P
+from towerrec.utils.io import unknown_fields
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,7 @@ class FinetuneConfig:
         lora = dict(d.pop("lora", None) or {})
         if lora.get("target_modules") is not None:
             lora["target_modules"] = tuple(lora["target_modules"])
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        unknown |= {f"lora.{k}" for k in set(lora) - {f.name for f in dataclasses.fields(LoraConfig)}}
+        unknown = unknown_fields(cls, d) | {f"lora.{k}" for k in unknown_fields(LoraConfig, lora)}
         if unknown:
             raise ValueError(f"unknown rerank.finetune option(s) {sorted(unknown)}")
         cfg = cls(lora=LoraConfig(**lora), **d)

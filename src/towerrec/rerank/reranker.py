@@ -2,14 +2,16 @@
 
     reranker = Reranker.from_config(cfg.rerank)       # or Reranker.from_dir("<run_dir>/rerank")
     hits = retriever.recommend(history_ids, k=20)
-    ranked = reranker.rerank(history_dicts, hits, query="nitrile gloves")
+    result = reranker.rank(history_dicts, hits, query="nitrile gloves")
+    best_first = [hits[i] for i in result.order]      # result.lm_score[i], result.fused_score[i]: hits[i]'s
 
-`rerank` takes the user's history (dicts with title, brand, ... oldest first, like `Retriever.recommend`
+`rank` takes the user's history (dicts with title, brand, ... oldest first, like `Retriever.recommend`
 output) and the retrieved candidates (that output: item_id, score, title, brand, category, price, row_id),
 scores the first `top_n` candidates with the LM (`scoring.py`), fuses the LM score with the retrieval
-`score` (`fusion.py`, weight `fusion.weight`) and returns those candidates best first, each a copy with
-`lm_score` and `fused_score` added; candidates beyond `top_n` follow unchanged in their given order with
-both fields None.
+`score` (`fusion.py`, weight `fusion.weight`) and returns a `RerankResult`: `order`, indices into the
+candidates, best first (those `top_n` by fused score, then the rest in their given order), and the LM and
+fused scores in candidate order (NaN beyond `top_n`). `rerank` is the same as dicts: copies of the
+candidates in that order with `lm_score` and `fused_score` added (None beyond `top_n`).
 
 A rerank artifact is a directory holding `rerank.json` (written by `save_rerank_dir`: model source, scorer,
 prompt settings, tuned fusion weight, validation/test metrics) and optionally `adapter/`, LoRA weights (peft)
@@ -96,6 +98,20 @@ def _merge_adapter(model, adapter_dir: str | Path):
     return PeftModel.from_pretrained(model, str(path)).merge_and_unload().eval()
 
 
+@dataclasses.dataclass(frozen=True)
+class RerankResult:
+    """`Reranker.rank` of C candidates: `order` (C,) int64 candidate indices, best first (a permutation of
+    range(C)); `lm_score`, `fused_score` (C,) float64 in candidate order, NaN for those not scored (beyond
+    top_n, which keep their given order after the scored ones)."""
+
+    order: np.ndarray
+    lm_score: np.ndarray
+    fused_score: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 class Reranker:
     """LM reranking of retrieved candidates with score fusion (see the module docstring)."""
 
@@ -144,10 +160,9 @@ class Reranker:
         return self.scorer.score([self.render(h) for h in histories], [self.render(c) for c in candidates],
                                  queries, progress=progress)
 
-    def rerank(self, history: Sequence[Mapping], candidates: Sequence[Mapping], query: str | None = None
-               ) -> list[dict]:
-        """The first `top_n` candidates reordered by fused score, then the rest; copies with lm_score and
-        fused_score added (None beyond top_n)."""
+    def rank(self, history: Sequence[Mapping], candidates: Sequence[Mapping], query: str | None = None
+             ) -> RerankResult:
+        """The first `top_n` candidates ordered by fused score, then the rest as given (see RerankResult)."""
         for i, c in enumerate(candidates):
             if not isinstance(c, Mapping):
                 raise TypeError(f"candidates[{i}] must be a dict (Retriever.recommend output), got {type(c).__name__}")
@@ -156,17 +171,30 @@ class Reranker:
         for i, h in enumerate(history):
             if not isinstance(h, Mapping):
                 raise TypeError(f"history[{i}] must be a dict with product fields, got {type(h).__name__}")
-        head, tail = list(candidates[: self.settings.top_n]), list(candidates[self.settings.top_n :])
-        if not head:
-            return []
-        lm = self.lm_scores([history], [head], [query])[0]
-        fused = self.fuse(np.array([c["score"] for c in head], dtype=np.float64), lm)
-        ranked = [{**head[i], "lm_score": float(lm[i]), "fused_score": float(fused[i])} for i in fusion.order(fused)]
-        return ranked + [{**c, "lm_score": None, "fused_score": None} for c in tail]
+        n, head = len(candidates), min(self.settings.top_n, len(candidates))
+        order = np.arange(n, dtype=np.int64)
+        lm, fused = np.full(n, np.nan), np.full(n, np.nan)
+        if head:
+            lm[:head] = self.lm_scores([history], [list(candidates[:head])], [query])[0]
+            fused[:head] = self.fuse(np.array([c["score"] for c in candidates[:head]], dtype=np.float64), lm[:head])
+            order[:head] = fusion.order(fused[:head])
+        return RerankResult(order, lm, fused)
+
+    def rerank(self, history: Sequence[Mapping], candidates: Sequence[Mapping], query: str | None = None
+               ) -> list[dict]:
+        """`rank` as dicts: copies of the candidates best first, lm_score and fused_score added (None beyond
+        top_n)."""
+        r = self.rank(history, candidates, query)
+        return [{**candidates[i], "lm_score": _optional(r.lm_score[i]), "fused_score": _optional(r.fused_score[i])}
+                for i in r.order.tolist()]
 
     def fuse(self, retrieval: np.ndarray, lm: np.ndarray, weight: float | None = None) -> np.ndarray:
         w = self.settings.weight if weight is None else weight
         return fusion.fuse(retrieval, lm, w, self.settings.normalize)
+
+
+def _optional(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
 
 
 # ------------------------------------------------------------------------------------------------- artifact

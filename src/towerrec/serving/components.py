@@ -1,14 +1,20 @@
 """Optional LM components of the service and the time budget they run under.
 
-`LMComponents` is what the service needs from the rerank package: a reranker
-(`.rerank(history, candidates, query=None) -> list[dict]`: the candidates, product dicts with `row_id` and
-`score`, best first, `lm_score` and `fused_score` added; the service reads the order back by row id) and a
-way to build an explainer for an artifact's catalog (`make_explainer(items_table)`, because the faithfulness
-check's vocabulary comes from the items served; a reload builds a new one). Either may be None. The factory
-named by `service.lm_factory` (called with the ServeConfig) builds them; `build_lm_components` is the default,
-and tests pass their own objects (e.g. a deliberately slow reranker) straight to the service. The LM is
-loaded once per process: a reload swaps the retrieval artifact and rebuilds the explainer's vocabulary, not
-the LM.
+`LMComponents` is what the service needs from the rerank package: a reranker and a way to build an explainer
+for an artifact's catalog (`make_explainer(items_table)`, because the faithfulness check's vocabulary comes
+from the items served; a reload builds a new one). Either may be None.
+
+The reranker's protocol: `.rank(history, candidates, query=None)`, history and candidates product dicts
+(oldest first / retrieval order), each candidate with its retrieval `score`, returns an object like
+`towerrec.rerank.reranker.RerankResult`: `order`, (C,) integer indices into the candidates, best first, and
+`lm_score` / `fused_score`, (C,) floats in candidate order, NaN where not scored. The service takes its items
+in `order`; one that is not a permutation of range(C), or scores of another shape, is refused (the retrieval
+order is served, flagged degraded), since the component is pluggable.
+
+The factory named by `service.lm_factory` (called with the ServeConfig) builds them; `build_lm_components` is
+the default, and tests pass their own objects (e.g. a deliberately slow reranker) straight to the service. The
+LM is loaded once per process: a reload swaps the retrieval artifact and rebuilds the explainer's vocabulary,
+not the LM.
 
 `BudgetedStage` runs one LM call in a small pool of worker threads and waits for it at most `budget` seconds.
 On timeout the request goes on without the stage; the call itself cannot be interrupted (a forward pass has
@@ -38,7 +44,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class LMComponents:
-    reranker: Any | None = None  # .rerank(history: list[dict], candidates: list[dict], query=None) -> list[dict]
+    reranker: Any | None = None  # .rank(history: list[dict], candidates: list[dict], query=None) -> RerankResult
     make_explainer: Callable[[Any], Any] | None = None  # items table -> .explain / .explain_many / .describe
 
 

@@ -12,9 +12,10 @@ A recommendation, step by step:
    in a batch shared with concurrent requests, `batching.EmbeddingBatcher`) is searched with
    `Retriever.search(..., mask=...)`: exactly k results whenever k products pass, exact scoring for selective
    masks and as the fallback of approximate indexes.
-4. `rerank`: the top `candidates` (the artifact's product dicts, row id included) go to the LM reranker under
-   its time budget (`BudgetedStage`); its order is read back as table positions (via the row ids). If it is
-   late, busy, failing or disabled the retrieval order is returned, `served_by=degraded`, with the reason.
+4. `rerank`: the top `candidates` (the artifact's product dicts) go to the LM reranker under its time budget
+   (`BudgetedStage`); it answers with an order over the candidates' positions and their scores
+   (`RerankResult`), checked to be a permutation of them. If it is late, busy, failing, disabled or answers
+   anything else the retrieval order is returned, `served_by=degraded`, with the reason.
 5. `explain`: grounded explanations for the first `max_items` items under their own budget; an explanation
    whose text failed the faithfulness check is returned with `text=None`, never as fact.
 
@@ -312,24 +313,24 @@ class RecommendationService:
         if not items:
             return items, None
         history = self._lm_history(state, positions)
-        candidates = [state.table.product(it["_position"], it["score"]) for it in items]  # row_id included
-        result = self.rerank_stage.run(lambda: reranker.rerank(history, candidates, query=query),
+        candidates = [state.table.product(it["_position"], it["score"]) for it in items]
+        result = self.rerank_stage.run(lambda: reranker.rank(history, candidates, query=query),
                                        self.cfg.rerank.budget_ms / 1000)
         self._record_stage("rerank", result)
         if not result.ok:
             return None, result.reason
-        ranked = result.value  # best first; candidates beyond the LM's top_n follow with no LM score
-        order = state.table.positions_of_rows([c.get("row_id", -1) for c in ranked]).tolist()  # table positions
-        by_position = {it["_position"]: it for it in items}
-        if len(order) != len(items) or set(order) != by_position.keys():
-            log.warning("the reranker returned candidates other than those it was given: rerank ignored")
+        try:
+            order, lm, fused = _checked_ranking(result.value, len(items))
+        except (AttributeError, TypeError, ValueError) as e:
+            log.warning("the reranker's answer is not a ranking of its %d candidates (%s): rerank ignored",
+                        len(items), e)
             self.metrics.fallbacks.labels(stage="rerank", reason="error").inc()
             return None, "error"
         out = []
-        for p, c in zip(order, ranked):
-            item, fused, lm = by_position[p], c.get("fused_score"), c.get("lm_score")
-            out.append({**item, "score": item["score"] if fused is None else float(fused),
-                        "lm_score": None if lm is None else float(lm)})
+        for i in order:  # best first; candidates beyond the LM's top_n follow with no LM score
+            item = items[i]
+            out.append({**item, "score": item["score"] if math.isnan(fused[i]) else fused[i],
+                        "lm_score": None if math.isnan(lm[i]) else lm[i]})
         return out, None
 
     def _rerank_candidates(self) -> int:
@@ -403,6 +404,25 @@ class RecommendationService:
         pos = _position(state, item_id)
         return {**state.table.products[pos], "popularity": int(state.popularity[pos]), "text": state.texts[pos],
                 "artifact": state.version}
+
+
+def _checked_ranking(result, n: int) -> tuple[list[int], list[float], list[float]]:
+    """(order, lm scores, fused scores) of a reranker's `RerankResult` over `n` candidates, as plain lists;
+    ValueError unless `order` is a permutation of range(n) and both scores are (n,) floats, finite or NaN."""
+    order = np.asarray(result.order)
+    if order.shape != (n,) or not np.issubdtype(order.dtype, np.integer):
+        raise ValueError(f"order must be ({n},) integers, got {order.shape} {order.dtype}")
+    if not np.array_equal(np.sort(order), np.arange(n)):
+        raise ValueError(f"order must be a permutation of range({n})")
+    scores = []
+    for name in ("lm_score", "fused_score"):
+        x = np.asarray(getattr(result, name), dtype=np.float64)
+        if x.shape != (n,):
+            raise ValueError(f"{name} must be ({n},) scores, got shape {x.shape}")
+        if np.isinf(x).any():
+            raise ValueError(f"{name} must be finite or NaN (not scored), got {x.tolist()}")
+        scores.append(x.tolist())
+    return order.tolist(), scores[0], scores[1]
 
 
 def _position(state: ServiceState, item_id: str) -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,22 @@ def sha256_file(path: Path) -> str:
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def unknown_fields(cls, d: Mapping) -> set[str]:
+    """Keys of `d` that are not fields of the dataclass `cls`."""
+    return set(d) - {f.name for f in dataclasses.fields(cls)}
+
+
+def check_fields(cls, d: Mapping, section: str) -> None:
+    """Refuse keys that are not fields of the dataclass `cls`: a typo in a config group is an error."""
+    unknown = unknown_fields(cls, d)
+    if unknown:
+        raise ValueError(f"unknown {section} option(s) {sorted(unknown)}")
+
+
+def check_positive(cfg, names: Iterable[str], section: str) -> None:
+    """Refuse settings of `cfg` among `names` that are below 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{section}.{name} must be positive, got {getattr(cfg, name)}")
