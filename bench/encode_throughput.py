@@ -39,11 +39,11 @@ import time
 import warnings
 from pathlib import Path
 
+import common  # noqa: E402  (bench/ is on sys.path when run as a script)
 import numpy as np
 import torch
-
-import common  # noqa: E402  (bench/ is on sys.path when run as a script)
 from common import write_results  # noqa: E402
+
 PARITY_MIN_COSINE = 0.99
 log = logging.getLogger("encode_throughput")
 
@@ -162,10 +162,10 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
-    from towerrec.data.tokens import tokenize
-    from towerrec.data.text import TextConfig, render_items
-    from towerrec.model.encoders import load_encoder, resolve_path
     from towerrec.data.load import load_split
+    from towerrec.data.text import TextConfig, render_items
+    from towerrec.data.tokens import tokenize
+    from towerrec.model.encoders import load_encoder, resolve_path
     from towerrec.model.towers import TwoTower
 
     cfg = compose_config(args)

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import REPO, compose_config, latest_artifact, say, write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 GOAL = 0.95
@@ -76,8 +75,8 @@ def main(argv=None) -> dict:
 
     from towerrec.data.load import load_split
     from towerrec.rerank.explain import Explainer
-    from towerrec.rerank.grounding import check_grounded
     from towerrec.rerank.finetune import item_dicts
+    from towerrec.rerank.grounding import check_grounded
     from towerrec.rerank.lm import load_lm
     from towerrec.rerank.reranker import RerankSettings
     from towerrec.retrieval import Retriever

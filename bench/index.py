@@ -32,8 +32,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-
 from common import REPO, T0, say, write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 PRESETS = ("flat", "hnsw", "ivf", "ivfpq")
 APPROXIMATE = ("hnsw", "ivf", "ivfpq")
 K = 10

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import say, write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from towerrec.data.formats.recbole import load_recbole
 
 NAME = "Bench"

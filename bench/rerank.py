@@ -31,9 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import REPO, compose_config, latest_artifact, say, write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
-
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -43,8 +43,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, compose_config, latest_artifact, write_results  # noqa: E402
 
-
-
 # ------------------------------------------------------------------------------------------ the server
 
 

@@ -42,11 +42,11 @@ import time
 import warnings
 from pathlib import Path
 
+import common  # noqa: E402  (bench/ is on sys.path when run as a script)
 import numpy as np
 import torch
-
-import common  # noqa: E402  (bench/ is on sys.path when run as a script)
 from common import write_results  # noqa: E402
+
 log = logging.getLogger("train_throughput")
 
 
@@ -416,9 +416,9 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning vs newer torch, harmless
 
     from towerrec.data.datamodule import RetrievalDataModule
+    from towerrec.data.load import load_split
     from towerrec.data.text import TextConfig, render_items
     from towerrec.model.encoders import load_encoder, resolve_path
-    from towerrec.data.load import load_split
 
     st_loop = args.st_loop
     if st_loop != "manual":

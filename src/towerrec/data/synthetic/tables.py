@@ -386,7 +386,7 @@ MODEL_LETTERS = "AXSZMKRTVE"
 
 # ---------------------------------------------------------------------------------------------------
 # Behaviour knobs, tuned so that popularity << item co-occurrence << a content-aware model
-# (tests/test_synthetic.py checks the margins: re-run it when changing them)
+# (tests/data/test_synthetic.py checks the margins: re-run it when changing them)
 # ---------------------------------------------------------------------------------------------------
 
 # next-purchase mode probabilities: chain successor, same leaf, preferred top category, any leaf, bestseller

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
 
 # A smaller world than experiment=tiny alone: 37 training batches of 16, about 2 s an epoch on one core.
@@ -547,7 +547,7 @@ def test_cli_run_keeps_raw_user_ids_out_of_every_file(tmp_path):
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     common = [*SMALL, *_paths(tmp_path), "trainer.max_epochs=2", "+trainer.limit_train_batches=8", "logger=csv"]
     reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
-    kill = ["+callbacks.crash._target_=crash_callback.KillAt", "+callbacks.crash.epoch=1",
+    kill = ["+callbacks.crash._target_=helpers.crash_callback.KillAt", "+callbacks.crash.epoch=1",
             "+callbacks.crash.batch=3"]
     # the uninterrupted run and the crashing run side by side (one core each)
     procs = [subprocess.Popen(_cli([*common, f"hydra.run.dir={reference_dir}"]), cwd=ROOT, env=_env(),
@@ -564,7 +564,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
 
     # Seeded from scratch, a run that ignored ckpt_path would end the same: a tripwire kills the resumed
     # run if it ever trains a batch of epoch 0.
-    tripwire = ["+callbacks.crash._target_=crash_callback.KillAt", "+callbacks.crash.epoch=0",
+    tripwire = ["+callbacks.crash._target_=helpers.crash_callback.KillAt", "+callbacks.crash.epoch=0",
                 "+callbacks.crash.batch=0", "+callbacks.crash.require_last_ckpt=false"]
     resumed = run_cli([*common, *tripwire, f"hydra.run.dir={crashed_dir}", f"ckpt_path={ckpts / 'last.ckpt'}"])
     assert resumed.returncode == 0, _explain(resumed)
@@ -669,7 +669,7 @@ def test_optuna_search_survives_a_failed_trial(tmp_path):
             # a sweep on the command line replaces that parameter's search space from optuna.yaml
             "model.freeze_layers=choice(0,1)",  # the tiny encoder has 2 layers
             "model.datamodule.batch_size=choice(8,16)",
-            "+callbacks.fail._target_=crash_callback.FailInJob", "+callbacks.fail.job=1",
+            "+callbacks.fail._target_=helpers.crash_callback.FailInJob", "+callbacks.fail.job=1",
             f"hydra.sweep.dir={sweep_dir}"]
     proc = run_cli(args)
     assert proc.returncode == 0, _explain(proc)

@@ -21,7 +21,7 @@ from towerrec.rerank import lm as lm_mod
 from towerrec.rerank import prompts as P
 from towerrec.rerank.scoring import ListwiseScorer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {"model_path": "random_init", "device": "cpu", "dtype": "float32"}
 TINY_BERT = {"vocab_size": 300, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
              "intermediate_size": 32, "max_position_embeddings": 128}
@@ -248,8 +248,8 @@ def test_stage_rerank_without_an_artifact_says_what_to_pass(compose, tmp_path):
 
 def test_stage_rerank_trains_saves_and_evaluates_an_adapter(compose, tmp_path):
     from towerrec.data.load import load_split
-    from towerrec.tasks.train import train
     from towerrec.rerank.reranker import Reranker
+    from towerrec.tasks.train import train
 
     probe = compose(SMALL_WORLD, tmp_path / "probe")
     art = tiny_artifact(load_split(probe.data), tmp_path / "artifact")

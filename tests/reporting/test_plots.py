@@ -20,12 +20,12 @@ import torch
 from matplotlib.figure import Figure
 
 from towerrec import evaluation
-from towerrec.reporting import analysis, plots
-from towerrec.tasks import plots as plots_task
 from towerrec.data.splits import Examples
+from towerrec.reporting import analysis, plots
 from towerrec.reporting.sweeps import load_sweep, swept_params
+from towerrec.tasks import plots as plots_task
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY_RUN = ["experiment=tiny", "data.num_users=120", "data.num_items=100", "model.datamodule.batch_size=16",
             "model.datamodule.eval_batch_size=64", "trainer.enable_progress_bar=false", "debug=fast", "logger=csv"]

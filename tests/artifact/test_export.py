@@ -14,25 +14,25 @@ import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
-from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
 
+from towerrec.artifact import Artifact, store
+from towerrec.artifact import export as artifact_export
 from towerrec.artifact.cli import main
 from towerrec.artifact.export import export_artifact
+from towerrec.artifact.format import ArtifactError
 from towerrec.artifact.towers import save_tower
 from towerrec.artifact.update import add_items, remove_items, set_metrics
-from towerrec.index import build_index, build_sharded_index, describe
-from towerrec.model.encode import encode_texts, normalize_rows
-from towerrec.artifact import export as artifact_export, store
-from towerrec.utils.io import sha256_file
 from towerrec.data.text import TextConfig, render_items
+from towerrec.index import IndexConfig, build_index, build_sharded_index, describe
+from towerrec.model.encode import encode_texts, normalize_rows
 from towerrec.model.encoders import load_encoder
-from towerrec.artifact import Artifact
-from towerrec.artifact.format import ArtifactError
-from towerrec.index import IndexConfig
-from towerrec.retrieval import Retriever
 from towerrec.model.towers import TwoTower
+from towerrec.retrieval import Retriever
+from towerrec.utils.io import sha256_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_BERT = {"vocab_size": 300, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
              "intermediate_size": 32, "max_position_embeddings": 128}
 TEXT = TextConfig(user_max_items=3, user_max_tokens=48)

@@ -26,7 +26,7 @@ from towerrec.model.towers import TwoTower
 from towerrec.retrieval import Retriever, evaluate_artifact
 from towerrec.tasks.export import export_checkpoint, export_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_BERT = {"vocab_size": 300, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
              "intermediate_size": 32, "max_position_embeddings": 128}
 TEXT = TextConfig(user_max_items=3, user_max_tokens=48)

@@ -22,9 +22,18 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.serve import (
+    FailingReranker,
+    ForeignReranker,
+    InventingExplainer,
+    ReverseReranker,
+    ServerThread,
+    SlowReranker,
+    Switch,
+    TitleExplainer,
+    export_tiny_artifact,
+)
 
-from serve_helpers import (FailingReranker, ForeignReranker, InventingExplainer, ReverseReranker, ServerThread,
-                           SlowReranker, Switch, TitleExplainer, export_tiny_artifact)
 from towerrec.artifact import Artifact
 from towerrec.artifact.format import ITEMS_FILE, USERS_FILE
 from towerrec.artifact.update import add_items, remove_items
@@ -34,7 +43,7 @@ from towerrec.serving.components import BudgetedStage
 from towerrec.serving.state import LRUCache, ServiceState, category_prefixes
 from towerrec.utils.io import sha256_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-123"
 LIMITS = dict(max_k=50, max_history=20, max_text_chars=200, max_body_bytes=4096)
 

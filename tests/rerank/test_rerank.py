@@ -452,8 +452,8 @@ def tiny_retriever(tiny_split, tmp_path_factory):
     from towerrec.artifact.export import export_artifact
     from towerrec.data.text import TextConfig, render_items
     from towerrec.model.encoders import load_encoder
-    from towerrec.retrieval import Retriever
     from towerrec.model.towers import TwoTower
+    from towerrec.retrieval import Retriever
 
     text = TextConfig(user_max_items=3, user_max_tokens=48)
     torch.manual_seed(0)

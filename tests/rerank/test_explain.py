@@ -12,12 +12,11 @@ import os
 import pandas as pd
 import pytest
 import torch
+from conftest import CATALOG_ROWS
 
 from towerrec.rerank import explain as E
 from towerrec.rerank import grounding as G
 from towerrec.rerank import lm as lm_mod
-
-from conftest import CATALOG_ROWS
 
 TINY = {"model_path": "random_init", "device": "cpu", "dtype": "float32"}
 COLUMNS = ["item_id", "title", "brand", "category", "description", "price", "color", "material"]
@@ -116,7 +115,7 @@ def test_explainers_take_the_ignored_names_from_the_config_and_the_catalog(tiny_
 
     from omegaconf import OmegaConf
 
-    path = Path(__file__).resolve().parents[1] / "conf/rerank/explain/default.yaml"
+    path = Path(__file__).resolve().parents[2] / "conf/rerank/explain/default.yaml"
     node = OmegaConf.to_container(OmegaConf.load(path))
     table = pd.DataFrame(SHARED_TOP, columns=["item_id", "title", "brand", "category"])
     tok = tiny_lm[1]
@@ -431,7 +430,7 @@ def test_the_config_file_parses():
 
     from omegaconf import OmegaConf
 
-    path = Path(__file__).resolve().parents[1] / "conf/rerank/explain/default.yaml"
+    path = Path(__file__).resolve().parents[2] / "conf/rerank/explain/default.yaml"
     cfg = E.ExplainConfig.from_dict(OmegaConf.to_container(OmegaConf.load(path)))
     assert cfg.max_sentences == 2 and "tools" in cfg.ignore_terms and cfg.ignore_category_share == 0.5
     for dead in ("enabled", "top_k"):  # the service's switches are service.explain.* (conf/serve.yaml)

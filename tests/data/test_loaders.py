@@ -490,7 +490,7 @@ def test_presplit_requires_all_three_files(tmp_path):
 
 
 def shared_scientific() -> Path | None:
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     for root in (Path("/work/shared"), repo.parent / "shared"):
         if (root / "data" / "amazon-scientific" / "Scientific.test.inter").exists():
             return root / "data" / "amazon-scientific"

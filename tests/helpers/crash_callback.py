@@ -1,7 +1,7 @@
 """Test-only Lightning callback that simulates a hard crash (OOM killer, preemption): SIGKILL mid-epoch.
 
 Added to a run from the command line, with tests/ on PYTHONPATH:
-    python train.py ... +callbacks.crash._target_=crash_callback.KillAt +callbacks.crash.epoch=1 \
+    python train.py ... +callbacks.crash._target_=helpers.crash_callback.KillAt +callbacks.crash.epoch=1 \
         +callbacks.crash.batch=3
 SIGKILL cannot be caught, so nothing is flushed or saved: the run ends exactly as after a power cut.
 """

@@ -1,0 +1,1 @@
+"""Builders and doubles shared by the tests (servers, fake rerankers, crash callbacks)."""
