@@ -1,7 +1,9 @@
 """Serve recommendations over HTTP: `python serve.py artifacts=PATH [port=8000] [service.rerank.enabled=true]`.
 
 The Hydra config is conf/serve.yaml; the service is towerrec.serving (README: "Serving"). SIGHUP, or
-POST /admin/reload with the token in TOWERREC_RELOAD_TOKEN, reloads the artifact without downtime.
+POST /admin/reload with the token in TOWERREC_RELOAD_TOKEN, reloads the artifact without downtime. An artifact
+whose user pseudonyms came from the development key (no user-id secret at export) is refused unless
+`development=true` says this is a development run.
 """
 
 import sys

@@ -4,28 +4,47 @@ In a multirun (`-m`, e.g. a sweep or `hparams_search=optuna`) a job that raises 
 its traceback goes to the job's log and to `error.log` in its directory, and it returns None, which the
 Optuna sweeper records as a failed trial before going on. (Not NaN: hydra-optuna-sweeper 1.3 re-tells a NaN
 value with the FAIL state, which Optuna rejects, and the whole study dies.) A NaN objective is likewise
-turned into a failed trial. A single run that raises exits non-zero with the error, as usual.
+turned into a failed trial. A single run that raises exits non-zero with the error, as usual; bad input (a
+`DataError` or an `ArtifactError`, whose message names the file and what is wrong) prints that one sentence to
+stderr as `error: ...`, without a traceback, and exits 1. `HYDRA_FULL_ERROR=1` shows the full traceback instead.
 """
 
 import logging
 import math
+import os
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from towerrec.artifact.format import ArtifactError
+from towerrec.data.schema import DataError
 from towerrec.tasks.train import train
 from towerrec.utils.hydra import metric_value
 
 log = logging.getLogger("train")
 
+BAD_INPUT = (DataError, ArtifactError)  # their message is the whole story: one sentence, no traceback
+
 
 def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _exit_with_sentence(error: Exception) -> NoReturn:
+    """End a single run that got bad input with its one sentence, also in the job log; Hydra would print a
+    traceback (it catches the exception itself, so this runs before it does)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (error,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):  # the console gets the sentence on stderr alone
+            handler.handle(record)
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def _finish_wandb(failed: bool) -> None:
@@ -42,8 +61,10 @@ def main(cfg: DictConfig) -> float | None:
         metrics, _ = train(cfg)
         value = metric_value(metrics, cfg.get("optimized_metric"))
         failed = False
-    except Exception:
+    except Exception as e:
         if not _in_multirun():
+            if isinstance(e, BAD_INPUT) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                _exit_with_sentence(e)
             raise
         job = HydraConfig.get()
         log.exception("job %s failed; the sweep goes on without it", job.job.num)

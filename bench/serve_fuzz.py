@@ -8,6 +8,10 @@ schema examples (the service publishes examples with real ids of the served arti
 (coverage phase) and random inputs, valid and invalid. Every response is checked: no 5xx, status code
 documented, body matching the documented schema and content type, invalid input rejected, valid input
 accepted, auth enforced. The reload endpoint is fuzzed without the token (it must answer 401).
+Then the raw cases of the test suite (`tests/helpers/serve.py` `probe`, also run by tests/serving/test_fuzz.py)
+go to the same server, with and without the reload token: NaN, Infinity, 1e309, huge integers, lone
+surrogates, NUL and control characters, deep and oversized bodies, over-long artifact paths, clients that
+disconnect mid-body; none may be a 5xx, and /metrics must count exactly the responses the client received.
 The server's own /metrics are read afterwards as a second count of 5xx answers.
 
     python bench/serve_fuzz.py                                   # Scientific artifact, 100 examples/operation
@@ -29,8 +33,12 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import latest_artifact, write_results  # noqa: E402
+from helpers.serve import http_counts, probe  # noqa: E402
 from serve_load import running_server  # noqa: E402
+
+TOKEN = "serve-fuzz-token"  # the reload token of the fuzzed server (the raw cases send it, and wrong ones)
 
 SCHEMA_CHECKS = ("response_schema_conformance", "status_code_conformance", "content_type_conformance",
                  "response_headers_conformance")
@@ -62,7 +70,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.artifact = args.artifact or latest_artifact()
 
-    overrides = list(args.set)
+    overrides = [f"reload_token={TOKEN}", *args.set]
+    max_body_bytes = next((int(o.split("=", 1)[1]) for o in args.set if o.startswith("service.max_body_bytes=")),
+                          65536)
     if args.lm != "none":
         overrides += [f"rerank.model_path={args.lm}", "service.rerank.enabled=true", "service.explain.enabled=true"]
     report_path = Path(tempfile.mkdtemp(prefix="serve_fuzz_")) / "schemathesis.json"
@@ -78,7 +88,15 @@ def main(argv=None) -> int:
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=report_path.parent,
                              env={**os.environ, "NO_COLOR": "1"})
         result["seconds"] = round(time.perf_counter() - start, 1)
-        after = server_errors(httpx.get(server.url + "/metrics").text)
+        counted_before, disconnects_before = http_counts(httpx.get(server.url + "/metrics").text)
+        seen, raw_failures, disconnects = probe(server.url, TOKEN, max_body_bytes)
+        time.sleep(2)  # the server notices the disconnects asynchronously
+        metrics_text = httpx.get(server.url + "/metrics").text
+        counted, disconnected = http_counts(metrics_text)
+        result["raw"] = {"responses": dict(sorted(seen.items())), "failures": raw_failures,
+                         "disconnects_made": disconnects, "disconnects_counted": disconnected - disconnects_before,
+                         "metrics_match_clients": counted - counted_before == seen and not counted_before - counted}
+        after = server_errors(metrics_text)
         result["server_5xx"] = {k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)}
         result["server_log"] = str(server.log_path)
     print(run.stdout[-6000:])
@@ -98,8 +116,13 @@ def main(argv=None) -> int:
     print(f"schemathesis {result['schemathesis_version']}: {result['test_cases']} test cases over "
           f"{result['operations']} operations in {result['seconds']} s; failures: {result['unique_failures']} "
           f"unique ({kinds or 'none'}); server 5xx (from /metrics): {result['server_5xx']}")
+    raw = result["raw"]
+    print(f"raw cases: {sum(seen.values())} responses {raw['responses']}, failures: {raw_failures or 'none'}; "
+          f"/metrics matches what the client saw: {raw['metrics_match_clients']}; "
+          f"disconnects {raw['disconnects_counted']}/{disconnects} counted as such")
     write_results(args.out, result)
-    return 0 if run.returncode == 0 and not result["server_5xx"] else 1
+    raw_ok = not raw_failures and raw["metrics_match_clients"] and raw["disconnects_counted"] == disconnects
+    return 0 if run.returncode == 0 and not result["server_5xx"] and raw_ok else 1
 
 
 if __name__ == "__main__":

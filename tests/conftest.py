@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny hand-built dataset and a tiny random-init BERT encoder.
+"""Shared fixtures: a tiny hand-built dataset, a tiny random-init BERT encoder, and `compose_cfg` (the real
+Hydra config of `python train.py`, composed for a run directory under tmp_path).
 
 The dataset (item index in brackets):
     [0] sku-a  Trail running shoe     Stridex     Sports > Running > Shoes   $89.50   color blue, material mesh
@@ -22,6 +23,7 @@ The event rows are deliberately not in time order.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -31,6 +33,7 @@ from towerrec.data.schema import Catalog, Dataset, Interactions
 from towerrec.model.encoders import load_encoder
 
 NAN = math.nan
+ROOT = Path(__file__).resolve().parents[1]
 
 CATALOG_ROWS = [
     # item_id, title, brand, category, description, price, color, material
@@ -141,3 +144,29 @@ def tiny_split():
     from towerrec.data.splits import leave_last_out
 
     return leave_last_out(synthetic.generate(num_items=80, num_users=60, max_len=8, user_id_secret="test-secret"))
+
+
+def run_paths(tmp_path: Path) -> list[str]:
+    """Overrides that keep logs and the token cache inside tmp_path."""
+    return [f"paths.log_dir={tmp_path / 'logs'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """compose(overrides, run_dir) -> the task config, as `python train.py` would see it in run_dir."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    def _compose(overrides: list[str], run_dir: Path):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=[*run_paths(tmp_path), *overrides], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+        HydraConfig.instance().set_config(cfg)  # resolves ${hydra:runtime.output_dir}
+        with open_dict(cfg):
+            del cfg["hydra"]  # the task function never sees the hydra node
+        return cfg
+
+    yield _compose
+    HydraConfig.instance().cfg = None

@@ -86,6 +86,7 @@ class EvalConfig:
     exclude_history: bool = True
     batch_size: int = 256  # users scored at a time
     tie_seed: int = 0
+    both_protocols: bool = True  # also report accuracy with history items the other way (`<stage>_kept/...`)
 
     @classmethod
     def from_any(cls, cfg) -> "EvalConfig":
@@ -96,14 +97,17 @@ class EvalConfig:
         check_fields(cls, d, "eval")
         if "ks" in d:
             d["ks"] = tuple(int(k) for k in d["ks"])
-        for key, kind in (("beyond_k", int), ("exclude_history", bool), ("batch_size", int), ("tie_seed", int)):
+        for key, kind in (("beyond_k", int), ("exclude_history", bool), ("batch_size", int), ("tie_seed", int),
+                          ("both_protocols", bool)):
             if key in d:
                 d[key] = kind(d[key])
         return cls(**d)
 
     def kwargs(self) -> dict:
         """Keyword arguments of `evaluate`."""
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d.pop("both_protocols")
+        return d
 
 
 def tie_order(num_items: int, seed: int = 0) -> torch.Tensor:
@@ -400,16 +404,36 @@ def _gini(exposure: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------- reporting
 
 
+ACCURACY = ("recall", "ndcg", "mrr")
+
+
+def other_protocol(cfg: EvalConfig) -> tuple[str, EvalConfig]:
+    """The protocol a run reports beside its own: ('kept', history kept in the ranking, RecBole's protocol)
+    when the config excludes history items, else ('excluded', ours)."""
+    return ("kept" if cfg.exclude_history else "excluded"), dataclasses.replace(cfg, exclude_history=not cfg.exclude_history)
+
+
+def protocol_metrics(metrics: Mapping[str, float], tag: str, protocol: str) -> dict[str, float]:
+    """Accuracy metrics of the other protocol under `<tag>_<protocol>/`, e.g. 'test_kept/ndcg@10'."""
+    return {f"{tag}_{protocol}/{k}": v for k, v in metrics.items() if k.split("@")[0] in ACCURACY}
+
+
 def evaluate_split(scorer: Scorer, split: Split, cfg: EvalConfig | None = None, stages: Sequence[str] = ("valid", "test"),
                    progress: bool = True) -> dict[str, float]:
     """Harness metrics of one scorer on a split's valid and/or test examples, slash-prefixed (`val/`, `test/`)."""
     cfg = EvalConfig.from_any(cfg)
     metrics: dict[str, float] = {}
     counts, categories = split.item_counts(), split.catalog.top_category()
+    protocol, other = other_protocol(cfg)
     for stage in stages:
-        m = evaluate(scorer, split.examples(stage), split.num_items, item_counts=counts, item_categories=categories,
+        examples = split.examples(stage)
+        m = evaluate(scorer, examples, split.num_items, item_counts=counts, item_categories=categories,
                      progress=progress, desc=f"eval {stage}", **cfg.kwargs())
         metrics.update(prefix(m, stage_tag(stage)))
+        if cfg.both_protocols:
+            m = evaluate(scorer, examples, split.num_items, item_counts=counts, progress=progress,
+                         desc=f"eval {stage} ({protocol})", **other.kwargs())
+            metrics.update(protocol_metrics(m, stage_tag(stage), protocol))
     return metrics
 
 

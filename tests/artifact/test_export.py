@@ -1,11 +1,10 @@
-"""Export of the product index (towerrec.export): round trip, verification and tampering, atomic writes,
-index presets, sharding, and adding / removing products without retraining. A tiny random-init BERT on a
-tiny synthetic world; one export is shared and copied by the tests that modify it."""
+"""Export of the product index (towerrec.export): round trip, atomic writes, index presets, sharding, and
+adding / removing products without retraining (verification and tampering: test_verify.py). A tiny
+random-init BERT on a tiny synthetic world; one export is shared and copied by the tests that modify it."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import faiss
@@ -14,13 +13,11 @@ import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
-from safetensors.numpy import load_file as load_numpy
-from safetensors.numpy import save_file as save_numpy
+from tiny_artifact import ROOT, TEXT, TINY_BERT, do_export
 
 from towerrec.artifact import Artifact, store
 from towerrec.artifact import export as artifact_export
 from towerrec.artifact.cli import main
-from towerrec.artifact.export import export_artifact
 from towerrec.artifact.format import ArtifactError
 from towerrec.artifact.towers import save_tower
 from towerrec.artifact.update import add_items, remove_items, set_metrics
@@ -30,54 +27,8 @@ from towerrec.model.encode import encode_texts, normalize_rows
 from towerrec.model.encoders import load_encoder
 from towerrec.model.towers import TwoTower
 from towerrec.retrieval import Retriever
-from towerrec.utils.io import sha256_file
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY_BERT = {"vocab_size": 300, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "intermediate_size": 32, "max_position_embeddings": 128}
-TEXT = TextConfig(user_max_items=3, user_max_tokens=48)
-LENGTHS = dict(item_max_length=32, user_max_length=48)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread_faiss")
-
-
-@pytest.fixture(scope="module")
-def split(tiny_split):
-    return tiny_split
-
-
-@pytest.fixture(scope="module")
-def encoder_and_tokenizer(split):
-    torch.manual_seed(0)
-    return load_encoder({"random_init": dict(TINY_BERT)}, corpus=render_items(split.catalog, TEXT))
-
-
-@pytest.fixture(scope="module")
-def model(encoder_and_tokenizer):
-    return TwoTower(encoder_and_tokenizer[0]).eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer(encoder_and_tokenizer):
-    return encoder_and_tokenizer[1]
-
-
-def do_export(out, model, tokenizer, split, index_cfg=None, **kwargs):
-    train_cfg = {"model": {"encoder": {"random_init": TINY_BERT}}, "data": {"user_id_secret": "s3cret-key"}}
-    return export_artifact(out, model, tokenizer, split, TEXT, **LENGTHS, index_cfg=index_cfg, train_cfg=train_cfg,
-                              metrics={"test/recall@10": 0.25}, batch_size=32, progress=False, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, model, tokenizer, split) -> Path:
-    return do_export(tmp_path_factory.mktemp("base") / "artifact", model, tokenizer, split)
-
-
-@pytest.fixture
-def art_dir(base, tmp_path) -> Path:
-    """A private copy of the shared export."""
-    return Path(shutil.copytree(base, tmp_path / "artifact"))
 
 
 def preset(name: str) -> dict:
@@ -152,78 +103,6 @@ def test_tower_with_projection_id_embedding_and_separate_encoders(tmp_path, spli
     np.testing.assert_allclose(art.embeddings[:6], trained, atol=1e-6)
     # the id embedding is part of the stored vectors: text alone gives other vectors
     assert not np.allclose(art.embeddings[:6], art.item_tower.encode(texts), atol=1e-3)
-
-
-# ------------------------------------------------------------------------------------------ verification
-
-
-def _rewrite_checksum(path: Path, rel: str) -> None:
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest["files"][rel]["sha256"] = sha256_file(path / rel)
-    (path / "manifest.json").write_text(json.dumps(manifest))
-
-
-def _edit_manifest(path: Path, **changes) -> None:
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest.update(changes)
-    (path / "manifest.json").write_text(json.dumps(manifest))
-
-
-def _flip_byte(path: Path, rel: str) -> None:
-    data = bytearray((path / rel).read_bytes())
-    data[len(data) // 2] ^= 0x01
-    (path / rel).write_bytes(bytes(data))
-
-
-def _other_dim_index(path: Path) -> None:
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(8))
-    index.add_with_ids(np.eye(8, dtype=np.float32)[np.arange(80) % 8], np.arange(80, dtype=np.int64))
-    faiss.write_index(index, str(path / "index.faiss"))
-    _rewrite_checksum(path, "index.faiss")
-
-
-def _short_embeddings(path: Path) -> None:
-    t = load_numpy(str(path / "item_embeddings.safetensors"))
-    save_numpy({"embeddings": t["embeddings"][:79], "row_id": t["row_id"]}, str(path / "item_embeddings.safetensors"))
-    _rewrite_checksum(path, "item_embeddings.safetensors")
-
-
-TAMPERING = {  # case: (tamper(path), the error message expected)
-    "flipped byte": (lambda p: _flip_byte(p, "item_embeddings.safetensors"),
-                     r"item_embeddings\.safetensors: checksum mismatch"),
-    "flipped weight": (lambda p: _flip_byte(p, "user_tower/model.safetensors"),
-                       r"user_tower/model\.safetensors: checksum"),
-    "newer schema": (lambda p: _edit_manifest(p, schema_version=2), r"manifest\.json: schema_version 2 is newer"),
-    "bad schema": (lambda p: _edit_manifest(p, schema_version="one"), r"manifest\.json: schema_version 'one'"),
-    "dropped file": (lambda p: (p / "item_tower" / "tower.json").unlink(), r"item_tower/tower\.json: missing"),
-    "dropped manifest": (lambda p: (p / "manifest.json").unlink(), r"manifest\.json: missing"),
-    "index dim": (_other_dim_index, r"index\.faiss: index dimension 8 != manifest dim 16"),
-    "count": (lambda p: _edit_manifest(p, num_items=81),
-              r"index\.faiss: the index holds 80 vectors but manifest num_items is 81"),
-    "embedding shape": (_short_embeddings,
-                        r"item_embeddings\.safetensors: embeddings .*79, 16.* != expected \(80, 16\)"),
-    "escaping path": (lambda p: _edit_manifest(p, files={"../x": {"sha256": "0"}}), r"points outside the artifact"),
-}
-
-
-@pytest.mark.parametrize("case", list(TAMPERING))
-def test_tampered_artifact_is_refused_naming_the_file(art_dir, case):
-    tamper, message = TAMPERING[case]
-    tamper(art_dir)
-    with pytest.raises(ArtifactError, match=message):
-        Artifact.load(art_dir, verify=True)
-    assert issubclass(ArtifactError, ValueError)
-    assert main(["verify", str(art_dir)]) == 1
-
-
-def test_verify_false_skips_checksums_but_not_structure(art_dir):
-    save_numpy({"counts": np.ones(80, dtype=np.int64)}, str(art_dir / "popularity.safetensors"))  # valid, unlisted
-    with pytest.raises(ArtifactError, match="popularity.safetensors: checksum mismatch"):
-        Artifact.load(art_dir, verify=True)
-    assert Artifact.load(art_dir, verify=False).popularity.tolist() == [1] * 80
-    _edit_manifest(art_dir, num_items=81)
-    with pytest.raises(ArtifactError, match="num_items is 81"):
-        Artifact.load(art_dir, verify=False)
 
 
 # ------------------------------------------------------------------------------------------ atomic writes

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.quote_catalog import QUOTED_PRODUCT, quote_files
 
 from towerrec.data.formats.amazon2023 import load_amazon2023
 from towerrec.data.formats.recbole import load_recbole
@@ -25,6 +26,7 @@ from towerrec.data.schema import DataError
 from towerrec.data.splits import leave_last_out, tie_break_key
 
 SECRET = "test-secret"
+LENIENT = {"max_bad_row_share": 1.0}  # the fixtures are tiny: one bad row is far past the default share (1%)
 
 # (item_id, title, brand, category path, description, price); I9 is never interacted with.
 ITEMS = [
@@ -455,8 +457,10 @@ def test_presplit_row_that_does_not_fit_is_reported(tmp_path, caplog):
     with pytest.raises(DataError, match=re.escape(f"{path}:{k + 1}: row does not fit")):
         load_recbole(directory, "mini")
     with caplog.at_level(logging.WARNING):
-        dataset = load_recbole(directory, "mini", on_bad_rows="skip")
+        dataset = load_recbole(directory, "mini", on_bad_rows="skip", **LENIENT)
     assert len(dataset.interactions) == 8 and "skipped 1 bad rows" in caplog.text
+    with pytest.raises(DataError, match=re.escape(f"{path}: 1 of 5 rows (20.0%) are bad")):
+        load_recbole(directory, "mini", on_bad_rows="skip")
 
 
 def test_presplit_unknown_index_and_missing_rows(tmp_path):
@@ -512,12 +516,16 @@ def test_real_scientific_presplit_round_trip():
 
 
 def assert_bad_row(load, path: Path, line: int, reason: str, caplog):
-    """'error' raises naming file:line; 'skip' loads, counts one skipped row and logs where it was."""
+    """'error' raises naming file:line; 'skip' loads, counts one skipped row and logs where it was, or refuses
+    (naming the file) when that one row is more than max_bad_row_share of the file."""
     with pytest.raises(DataError, match=re.escape(f"{path}:{line}: ") + reason):
         load(on_bad_rows="error")
+    refused = re.escape(f"{path}: 1 of ") + r"\d+ rows \(.*\) are bad, more than data\.max_bad_row_share=0\.01 "
+    with pytest.raises(DataError, match=refused):
+        load(on_bad_rows="skip")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="towerrec"):
-        dataset = load(on_bad_rows="skip")
+        dataset = load(on_bad_rows="skip", **LENIENT)
     assert "skipped 1 bad rows" in caplog.text and f"{path}:{line}: " in caplog.text
     return dataset
 
@@ -569,6 +577,124 @@ def test_csv_multiline_field_keeps_line_numbers(tmp_path):
     replace_line(catalog, line, b"I10,Tray,Acme,Kitchen,x,1,matte")
     items = load_table(catalog, events, TABLE_COLUMNS).catalog.items.set_index("item_id")
     assert items.loc["I1", "title"] == "Red\nmug" and items.loc["I1", "description"] == "two\nlines"
+
+
+def test_unterminated_quote_names_the_line_it_opens_on(tmp_path):
+    items, events = quote_files(tmp_path, {7: QUOTED_PRODUCT})
+    with pytest.raises(DataError, match=re.escape(
+            f"{items}:7: unterminated quote: field 2 opens with a quote that never closes, so lines 7-31 (the rest "
+            "of the file) would be one field (set data.on_bad_rows=skip")):
+        load_table(items, events)
+
+
+def test_unterminated_quote_in_skip_mode_is_refused_then_loses_one_row(tmp_path, caplog):
+    items, events = quote_files(tmp_path, {7: QUOTED_PRODUCT})
+    cfg = {"kind": "table", "catalog_path": str(items), "interactions_path": str(events), "on_bad_rows": "skip",
+           "user_id_secret": SECRET}
+    with pytest.raises(DataError) as info:
+        load_split(cfg)
+    message = str(info.value)
+    assert message.startswith(f"{items}: 1 of 30 rows (3.3%) are bad, more than data.max_bad_row_share=0.01 lets ")
+    assert f"(first: {items}:7: unterminated quote" in message and f"also {events}: 3 of 100 rows (3.0%)" in message
+    # Allowed a larger share, skip mode drops line 7 alone: the lines after the quote are read again.
+    with caplog.at_level(logging.WARNING, logger="towerrec"):
+        split = load_split({**cfg, "max_bad_row_share": 0.05})
+    assert "skipped 4 bad rows" in caplog.text
+    assert sorted(split.catalog.item_ids) == [f"P{i:02d}" for i in range(30) if i != 5]
+    assert len(split.users) == 10 and sum(len(s) for s in split.sequences) == 97
+
+
+@pytest.mark.parametrize(
+    "lines, newline, line, last",
+    [
+        ({7: QUOTED_PRODUCT}, "\r\n", 7, 31),
+        ({7: 'P05,Gadget 5,Brand1,Home,A thing.,"5.5'}, "\n", 7, 31),  # the last field
+        ({31: 'P29,"Gadget 29,Brand1,Home,A thing.,29.5'}, "\n", 31, 31),  # the last line
+        ({7: 'P05,"Gadget\n5",Brand1,Home,"A thing.,5.5'}, "\n", 8, 32),  # a closed quoted field before it
+    ],
+    ids=["crlf", "last-field", "last-line", "second-quote"],
+)
+def test_unterminated_quote_line_and_recovery(tmp_path, lines, newline, line, last):
+    items, events = quote_files(tmp_path, lines, newline)
+    with pytest.raises(DataError, match=re.escape(f"{items}:{line}: unterminated quote: field ") + r"\d "
+                       + re.escape(f"opens with a quote that never closes, so lines {line}-{last} ")):
+        load_table(items, events)
+    dataset = load_table(items, events, on_bad_rows="skip", max_bad_row_share=0.05)
+    assert len(dataset.catalog) == 29
+
+
+def test_quote_that_closes_many_lines_later_is_named(tmp_path):
+    items, events = quote_files(tmp_path, {7: QUOTED_PRODUCT, 20: 'P18,Gadget 18,Brand2,"Home, Things",A thing.,1'})
+    with pytest.raises(DataError, match=re.escape(
+            f"{items}:7: expected 6 fields, found 5 (a quoted field makes lines 7-20 one record: is a quote "
+            "unterminated?)")):
+        load_table(items, events)
+
+
+def test_unterminated_quote_in_the_header_is_an_error_in_skip_mode_too(tmp_path):
+    items, events = quote_files(tmp_path, {1: 'item_id,"title,brand,category,description,price'})
+    with pytest.raises(DataError, match=re.escape(f"{items}:1: unterminated quote: field 2 opens") + ".*header"):
+        load_table(items, events, on_bad_rows="skip", max_bad_row_share=1.0)
+
+
+@pytest.mark.parametrize("share, refused", [(0.021, False), (0.02, False), (0.0199, True)])
+def test_max_bad_row_share_bounds_what_skip_mode_drops(tmp_path, share, refused):
+    """2 of 100 events name unknown items: a bound at or above 2% loads the other 98, one below refuses."""
+    items, events = quote_files(tmp_path)
+    lines = events.read_text().splitlines()
+    for k in (3, 50):
+        lines[k - 1] = f"user9,NOPE{k},{k}"
+    events.write_text("\n".join(lines) + "\n")
+    load = lambda: load_table(items, events, on_bad_rows="skip", max_bad_row_share=share)  # noqa: E731
+    if refused:
+        with pytest.raises(DataError, match=re.escape(
+                f"{events}: 2 of 100 rows (2.0%) are bad, more than data.max_bad_row_share=0.0199 lets skip mode drop "
+                f"(first: {events}:3: unknown item 'NOPE3' (not in the catalog)); fix the data, or raise")):
+            load()
+    else:
+        assert len(load().interactions) == 98
+
+
+def test_long_values_are_cut_in_messages(tmp_path):
+    catalog, events = table_files(tmp_path)
+    line = append_line(events, b"zed,I1,2024-01-01" + b"9" * 10_000)
+    with pytest.raises(DataError) as info:
+        load_table(catalog, events, TABLE_COLUMNS)
+    message = str(info.value)
+    assert len(message) < 300, message
+    assert f"{events}:{line}: timestamp '2024-01-0199" in message and "…' (10,010 characters) is not a" in message
+    line = append_line(catalog, b"I" + b"x" * 5000 + b",Title,Acme,Kitchen,x,1,matte")
+    append_line(catalog, b"I" + b"x" * 5000 + b",Title,Acme,Kitchen,x,1,matte")
+    duplicate = re.escape(f"{catalog}:{line + 1}: duplicate item id 'Ixxx") + r"x*…' \(5,001 characters\) \(set"
+    with pytest.raises(DataError, match=duplicate):
+        load_table(catalog, events, TABLE_COLUMNS)
+
+
+@pytest.mark.parametrize("timestamp", ["inf", "1e400", "9" * 40, "9223372036854775808", "-1e19"])
+def test_timestamps_an_int64_cannot_hold_are_bad_rows(tmp_path, timestamp):
+    items, events = quote_files(tmp_path)
+    line = append_line(events, f"user1,P01,{timestamp}".encode())
+    with pytest.raises(DataError, match=re.escape(f"{events}:{line}: timestamp {timestamp!r} is out of range")):
+        load_table(items, events)
+
+
+def test_parquet_binary_text_is_decoded_and_float_ids_kept(tmp_path):
+    catalog, events = table_files(tmp_path, fmt="parquet")
+    df = pd.read_parquet(catalog)
+    df["name"] = [n.encode() for n in df["name"]]
+    df.loc[3, "name"] = b"\xff\xfe"
+    df.to_parquet(catalog)
+    with pytest.raises(DataError, match=re.escape(f"{catalog} row 4: column 'name' is not valid UTF-8")):
+        load_table(catalog, events, TABLE_COLUMNS)
+    df.loc[3, "name"] = ITEMS[3][1].encode()
+    df["sku"] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, np.inf]  # I9 is never bought
+    df.to_parquet(catalog)
+    ev = pd.read_parquet(events)
+    ev["sku"] = ev["sku"].str[1:].astype(float)
+    ev.to_parquet(events)
+    dataset = load_table(catalog, events, TABLE_COLUMNS)
+    assert dataset.catalog.items["title"].tolist() == [i[1] for i in ITEMS]
+    assert list(dataset.catalog.item_ids) == [str(k) for k in range(1, 9)] + ["inf"]
 
 
 @pytest.mark.parametrize("fmt", ["recbole_item", "recbole_text", "amazon", "csv"])
@@ -789,7 +915,7 @@ def test_bad_timestamp_and_rating(tmp_path, caplog):
     with pytest.raises(DataError, match=re.escape(f"{directory / 'shop.inter'}:{line}: timestamp 'soon' is not")):
         load_recbole(directory, "shop")
     replace_line(directory / "shop.inter", line, b"zed\tI1\t5.0\tgreat")
-    with pytest.raises(DataError, match=re.escape(f"{directory / 'shop.inter'}:{line}: rating 'great' is not a num")):
+    with pytest.raises(DataError, match=re.escape(f"{directory / 'shop.inter'}:{line}: rating 'great' is not a fin")):
         load_recbole(directory, "shop")
 
 
@@ -799,6 +925,9 @@ def test_option_validation(tmp_path):
         load_recbole(directory, "shop", on_bad_rows="ignore")
     with pytest.raises(DataError, match="max_text_chars must be a positive integer"):
         load_recbole(directory, "shop", max_text_chars=0)
+    for share in (1.5, -0.1, "0.1", True, float("nan")):
+        with pytest.raises(DataError, match="data.max_bad_row_share must be a number from 0 to 1"):
+            load_recbole(directory, "shop", max_bad_row_share=share)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -66,3 +66,19 @@ def test_missing_secret_warns_once(monkeypatch, caplog):
         pseudonymize(["b"])
     warnings = [r for r in caplog.records if ENV_VAR in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_development_key_is_used_exactly_when_no_secret_is_set(monkeypatch):
+    assert privacy.uses_development_key() and privacy.uses_development_key("")
+    assert not privacy.uses_development_key("s1")
+    assert privacy.uses_development_key(privacy._DEV_SECRET)  # the public key, even when given explicitly
+    monkeypatch.setenv(ENV_VAR, "from-env")
+    assert not privacy.uses_development_key()
+    monkeypatch.setenv(ENV_VAR, privacy._DEV_SECRET)
+    assert privacy.uses_development_key()
+
+
+def test_the_development_key_gives_the_pseudonyms_of_no_secret():
+    # what uses_development_key reports is what pseudonymize did: the same pseudonyms as with no secret at all
+    assert pseudonymize(RAW, secret=privacy._DEV_SECRET) == pseudonymize(RAW)
+    assert privacy.resolve_secret(privacy._DEV_SECRET) == privacy.resolve_secret()

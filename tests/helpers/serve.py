@@ -1,10 +1,13 @@
-"""Helpers of the service tests (tests/test_serve.py): a tiny exported artifact, a real uvicorn server in a
-thread on an ephemeral port, and LM test doubles (a fast deterministic reranker, a deliberately slow one,
-a failing one, explainers whose output is or is not grounded)."""
+"""Helpers of the service tests (tests/serving/): a tiny exported artifact, a real uvicorn server in a
+thread on an ephemeral port, LM test doubles (a fast deterministic reranker, a deliberately slow one,
+a failing one, explainers whose output is or is not grounded), and the raw fuzz cases (`probe`: odd bodies,
+paths and tokens, mid-body disconnects) that tests/serving/test_fuzz.py and bench/serve_fuzz.py send."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import threading
 import time
 from pathlib import Path
@@ -175,3 +178,148 @@ class Switch:
 
     def __getattr__(self, name):
         return getattr(self.impl, name)
+
+
+# ------------------------------------------------------------------------------------------ raw fuzz cases
+
+
+@dataclasses.dataclass(frozen=True)
+class RawCase:
+    """One request sent as raw bytes (no client-side JSON encoding, so invalid JSON reaches the server)."""
+
+    name: str
+    method: str
+    path: str
+    body: bytes | None = None
+    content_type: str | None = "application/json"
+
+
+POST_ENDPOINTS = ("/recommend", "/similar-items", "/describe", "/admin/reload")
+
+
+def fuzz_bodies(max_body_bytes: int) -> dict[str, bytes]:
+    """Bodies no endpoint may answer with a 5xx: non-finite and huge numbers, lone surrogates, NUL and
+    control characters, deep nesting, bodies over the limit, non-UTF-8 bytes, JSON that is not an object."""
+    deep_list = b"[" * 5000 + b"]" * 5000
+    return {
+        "nan": b'{"k": NaN}', "infinity": b'{"k": Infinity}', "minus_infinity": b'{"k": -Infinity}',
+        "1e309": b'{"k": 1e309}', "minus_1e309": b'{"item_id": "x", "k": -1e309}',
+        "nan_nested": b'{"filters": {"price_max": NaN}, "item_id": "x"}', "nan_in_list": b'{"history": [NaN]}',
+        "nan_bare": b"NaN", "inf_price_1e400": b'{"filters": {"price_min": 1e400}}',
+        "lone_surrogate": b'{"query": "\\ud800", "item_id": "\\ud800"}', "lone_low_surrogate": b'{"path": "\\udc00"}',
+        "surrogate_key": b'{"\\ud800": 1}', "surrogate_in_list": b'{"history": ["a", "\\udfff"]}',
+        "nul_in_string": b'{"query": "a\\u0000b", "item_id": "\\u0000", "path": "\\u0000"}',
+        "control_chars": b'{"query": "\\u0001\\u001b[31m\\u007f", "item_id": "\\u0007"}',
+        "raw_control_char": b'{"query": "a\x01b"}', "raw_nul_after_body": b'{"k": 1}\x00',
+        "huge_int_4000_digits": b'{"k": 1' + b"0" * 4000 + b"}",
+        "huge_int_5000_digits": b'{"k": 1' + b"0" * 5000 + b"}",
+        "huge_int_price": b'{"filters": {"price_max": 1' + b"0" * 400 + b"}}",
+        "huge_float_1e308": b'{"k": 1e308, "item_id": "x"}', "tiny_float": b'{"k": 1e-400}',
+        "deep_list": deep_list, "deep_object": b'{"a":' * 3000 + b"1" + b"}" * 3000,
+        "deep_history": b'{"history": ' + b"[" * 900 + b"]" * 900 + b"}",
+        "deep_filters": b'{"filters": ' + b'{"x":' * 900 + b"1" + b"}" * 900 + b"}",
+        "over_the_limit": b'{"query": "' + b"x" * (max_body_bytes + 10) + b'"}',
+        "not_utf8": b'{"query": "\xff\xfe"}', "utf8_encoded_surrogate": b'{"query": "\xed\xa0\x80"}',
+        "utf16": '{"k": 3}'.encode("utf-16"), "bom": b'\xef\xbb\xbf{"k": 3}',
+        "truncated": b'{"k": 3,', "empty": b"", "null": b"null", "list": b"[]", "string": b'"x"', "number": b"1",
+        "duplicate_keys": b'{"k": 1, "k": 2}', "long_string": b'{"query": "' + b"q" * 5000 + b'"}',
+        "wrong_types": b'{"k": [], "history": {}, "filters": 1, "item_id": [], "path": 5}',
+    }
+
+
+def fuzz_cases(max_body_bytes: int) -> list[RawCase]:
+    """Every fuzz body to every POST endpoint, with odd content types, plus odd paths and over-long
+    artifact paths for /admin/reload."""
+    cases = [RawCase(f"{path} {name}", "POST", path, body)
+             for path in POST_ENDPOINTS for name, body in fuzz_bodies(max_body_bytes).items()]
+    for path in POST_ENDPOINTS:
+        cases += [RawCase(f"{path} text/plain non-utf8", "POST", path, b"\xff\xfe{", "text/plain"),
+                  RawCase(f"{path} no content type nan", "POST", path, b'{"k": NaN}', None),
+                  RawCase(f"{path} json charset latin-1", "POST", path, b'{"query": "\xe9"}',
+                          "application/json; charset=latin-1")]
+    long_name = "x" * 300
+    for name, value in (("300-char name", long_name), ("300-char absolute", "/tmp/" + long_name),
+                        ("300-char component", f"/tmp/{long_name}/artifact"),
+                        ("4096-char", "/".join(["y" * 200] * 20)[:4096]), ("nul byte", "a\u0000b"),
+                        ("not an artifact", "/"), ("a file", "/etc/hostname"), ("relative", "../../../etc")):
+        body = json.dumps({"path": value}).encode()
+        cases.append(RawCase(f"/admin/reload path {name}", "POST", "/admin/reload", body))
+    for name, path in (("nul", "/items/%00"), ("surrogate", "/items/%ED%A0%80"), ("not utf8", "/items/%FF%FE"),
+                       ("control", "/items/%01%1B%7F"), ("300 chars", "/items/" + "x" * 300),
+                       ("encoded slash", "/items/a%2Fb"), ("unknown route", "/nowhere/%ED%A0%80"),
+                       ("query string", "/healthz?x=%ED%A0%80&y=%00")):
+        cases.append(RawCase(f"GET {name}", "GET", path, None, None))
+    return cases
+
+
+AUTH_VARIANTS = ("none", "wrong", "token", "basic", "not latin-1")
+
+
+def auth_header(variant: str, token: str) -> dict[str, bytes]:
+    values = {"none": None, "wrong": b"Bearer wrong-token-0", "token": f"Bearer {token}".encode(),
+              "basic": b"Basic dXNlcjpwYXNz", "not latin-1": b"Bearer \xe9\xff-token"}
+    value = values[variant]
+    return {} if value is None else {"authorization": value}
+
+
+def send_raw(client: httpx.Client, case: RawCase, headers: dict) -> httpx.Response:
+    headers = dict(headers)
+    if case.content_type is not None:
+        headers["content-type"] = case.content_type
+    return client.request(case.method, case.path, content=case.body, headers=headers)
+
+
+def disconnect_mid_body(url: str, path: str, sent: bytes, declared: int | None) -> None:
+    """Send the request line, headers and part of a body (Content-Length `declared`, or chunked when None),
+    then close the connection before the body is complete: the server can send no response."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    framing = f"Content-Length: {declared}" if declared is not None else "Transfer-Encoding: chunked"
+    head = (f"POST {path} HTTP/1.1\r\nHost: {parts.hostname}\r\nContent-Type: application/json\r\n"
+            f"{framing}\r\n\r\n").encode()
+    body = sent if declared is not None else b"%x\r\n%s\r\n" % (len(sent), sent)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        time.sleep(0.05)  # let the server start reading the body
+
+
+DISCONNECTS = (("content-length", b'{"k": ', 1000), ("chunked", b'{"k": ', None), ("headers only", b"", 50))
+
+
+def probe(url: str, token: str, max_body_bytes: int) -> tuple[collections.Counter, list[str], int]:
+    """Send every fuzz case with every auth variant, then the mid-body disconnects to each POST endpoint.
+    Returns (responses received by status, failures: 5xx answers, transport errors and reloads that were
+    not refused for want of a token, disconnects made)."""
+    seen, failures = collections.Counter(), []
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for case in fuzz_cases(max_body_bytes):
+            for variant in AUTH_VARIANTS:
+                try:
+                    r = send_raw(client, case, auth_header(variant, token))
+                except httpx.HTTPError as e:
+                    failures.append(f"{case.name} [{variant}]: {type(e).__name__}: {e}")
+                    continue
+                seen[r.status_code] += 1
+                unauthorized = case.path == "/admin/reload" and variant != "token" and r.status_code != 413
+                if r.status_code >= 500 or (unauthorized and r.status_code not in (401, 403)):
+                    failures.append(f"{case.name} [{variant}]: {r.status_code} {r.text[:200]}")
+    for path in POST_ENDPOINTS:
+        for _, sent, declared in DISCONNECTS:
+            disconnect_mid_body(url, path, sent, declared)
+    return seen, failures, len(POST_ENDPOINTS) * len(DISCONNECTS)
+
+
+def http_counts(metrics_text: str) -> tuple[collections.Counter, int]:
+    """(requests answered by status, disconnects) from /metrics, leaving out the /metrics route itself."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    statuses, disconnects = collections.Counter(), 0
+    for family in text_string_to_metric_families(metrics_text):
+        for s in family.samples:
+            if s.name == "towerrec_http_requests_total" and s.labels["route"] != "/metrics":
+                statuses[int(s.labels["status"])] += int(s.value)
+            elif s.name == "towerrec_http_disconnects_total":
+                disconnects += int(s.value)
+    return statuses, disconnects

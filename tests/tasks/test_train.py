@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
@@ -45,38 +46,12 @@ SMALL = [
 FAST = [*SMALL, "debug=fast"]  # one epoch of 3 batches, full evaluation
 
 
-def _paths(tmp_path: Path) -> list[str]:
-    """Overrides that keep logs and the token cache inside tmp_path."""
-    return [f"paths.log_dir={tmp_path / 'logs'}", f"paths.cache_dir={tmp_path / 'cache'}"]
-
-
 @pytest.fixture
 def one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def compose_cfg(tmp_path):
-    """compose(overrides, run_dir) -> the task config, as `python train.py` would see it in run_dir."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    def _compose(overrides: list[str], run_dir: Path):
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("train", overrides=[*_paths(tmp_path), *overrides], return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(run_dir)
-        HydraConfig.instance().set_config(cfg)  # resolves ${hydra:runtime.output_dir}
-        with open_dict(cfg):
-            del cfg["hydra"]  # the task function never sees the hydra node
-        return cfg
-
-    yield _compose
-    HydraConfig.instance().cfg = None
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +123,7 @@ def test_baseline_run_writes_metrics(compose_cfg, tmp_path, model):
     from towerrec.utils.hydra import metric_value
 
     run_dir = tmp_path / "run"
-    # experiment=tiny is for the two-tower model (it overrides the encoder): size the world directly
+    # the default experiment on a smaller world (tests/tasks/test_compose.py runs them under experiment=tiny)
     cfg = compose_cfg([f"model={model}", "data.num_users=120", "data.num_items=100", "logger=csv"], run_dir)
     metrics, objects = train(cfg)
 
@@ -223,6 +198,7 @@ def write_table_fixture(root: Path) -> tuple[Path, Path, list[str]]:
 def table_overrides(items: Path, events: Path) -> list[str]:
     return [
         "data=table", f"data.catalog_path={items}", f"data.interactions_path={events}", "data.on_bad_rows=skip",
+        "data.user_id_secret=test-secret",  # real (non-synthetic) data: the export refuses the development key
         "+data.columns.item_id=sku", "+data.columns.title=name", "+data.columns.brand=maker",
         "+data.columns.category=dept", "+data.columns.price=cost", "+data.columns.user_id=customer",
         "+data.columns.timestamp=ts",
@@ -532,7 +508,7 @@ def test_cli_run_keeps_raw_user_ids_out_of_every_file(tmp_path):
     """The real entry point: Hydra's own outputs (.hydra/*.yaml, the job log) hold no raw ids either."""
     items, events, raw_ids = write_table_fixture(tmp_path / "input")
     run_dir = tmp_path / "run"
-    proc = run_cli([*table_overrides(items, events), *_paths(tmp_path), f"hydra.run.dir={run_dir}"])
+    proc = run_cli([*table_overrides(items, events), *run_paths(tmp_path), f"hydra.run.dir={run_dir}"])
     assert proc.returncode == 0, _explain(proc)
     _check_metrics(_read_metrics(run_dir))
     for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "debug.log", "csv/metrics.csv", "csv/hparams.yaml",
@@ -545,7 +521,7 @@ def test_cli_run_keeps_raw_user_ids_out_of_every_file(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    common = [*SMALL, *_paths(tmp_path), "trainer.max_epochs=2", "+trainer.limit_train_batches=8", "logger=csv"]
+    common = [*SMALL, *run_paths(tmp_path), "trainer.max_epochs=2", "+trainer.limit_train_batches=8", "logger=csv"]
     reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
     kill = ["+callbacks.crash._target_=helpers.crash_callback.KillAt", "+callbacks.crash.epoch=1",
             "+callbacks.crash.batch=3"]
@@ -591,7 +567,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     from towerrec.data.load import load_split
 
     run_dir = tmp_path / "run"
-    args = [*SMALL, *_paths(tmp_path), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+    args = [*SMALL, *run_paths(tmp_path), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
             "trainer.max_epochs=1", "trainer.log_every_n_steps=1", "logger=csv", f"hydra.run.dir={run_dir}"]
     proc = run_cli(args, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     assert proc.returncode == 0, _explain(proc)
@@ -624,7 +600,7 @@ def test_multirun_sweep_writes_one_job_dir_per_value(tmp_path):
     from omegaconf import OmegaConf
 
     sweep_dir = tmp_path / "sweep"
-    proc = run_cli(["-m", *FAST, *_paths(tmp_path), "loss.temperature=0.03,0.05", f"hydra.sweep.dir={sweep_dir}"])
+    proc = run_cli(["-m", *FAST, *run_paths(tmp_path), "loss.temperature=0.03,0.05", f"hydra.sweep.dir={sweep_dir}"])
     assert proc.returncode == 0, _explain(proc)
     jobs = _job_dirs(sweep_dir)
     assert [p.name for p in jobs] == ["0", "1"]
@@ -639,7 +615,7 @@ def test_multirun_sweep_writes_one_job_dir_per_value(tmp_path):
 @pytest.mark.slow
 def test_crashing_job_does_not_end_the_sweep(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    proc = run_cli(["-m", *FAST, *_paths(tmp_path), "model.pooling=bogus,mean", f"hydra.sweep.dir={sweep_dir}"])
+    proc = run_cli(["-m", *FAST, *run_paths(tmp_path), "model.pooling=bogus,mean", f"hydra.sweep.dir={sweep_dir}"])
     assert proc.returncode == 0, _explain(proc)
     bad, good = _job_dirs(sweep_dir)
     error = (bad / "error.log").read_text()
@@ -652,7 +628,7 @@ def test_crashing_job_does_not_end_the_sweep(tmp_path):
 @pytest.mark.slow
 def test_crash_in_a_single_run_exits_nonzero(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli([*FAST, *_paths(tmp_path), "model.pooling=bogus", f"hydra.run.dir={run_dir}"])
+    proc = run_cli([*FAST, *run_paths(tmp_path), "model.pooling=bogus", f"hydra.run.dir={run_dir}"])
     assert proc.returncode != 0
     assert "pooling must be 'mean' or 'cls', got 'bogus'" in proc.stderr
     assert not (run_dir / "error.log").exists() and not (run_dir / "metrics.json").exists()
@@ -665,7 +641,7 @@ def test_optuna_search_survives_a_failed_trial(tmp_path):
 
     sweep_dir = tmp_path / "sweep"
     fixed = [a for a in FAST if not a.startswith("model.datamodule.batch_size=")]  # a fixed value leaves the search
-    args = ["-m", "hparams_search=optuna", *fixed, *_paths(tmp_path), "hydra.sweeper.n_trials=3",
+    args = ["-m", "hparams_search=optuna", *fixed, *run_paths(tmp_path), "hydra.sweeper.n_trials=3",
             # a sweep on the command line replaces that parameter's search space from optuna.yaml
             "model.freeze_layers=choice(0,1)",  # the tiny encoder has 2 layers
             "model.datamodule.batch_size=choice(8,16)",

@@ -27,7 +27,9 @@ def _read_items(path: Path) -> pd.DataFrame:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m towerrec.artifact", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("verify", help="check files, checksums and shapes of an artifact")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p = sub.add_parser("verify", help="load and check everything serving loads: manifest, listed files and "
+                                      "checksums, index, tables, users, both towers (each run on a probe text)")
     p.add_argument("artifact")
     p = sub.add_parser("add", help="add (or update) products from a CSV/TSV/JSONL/parquet file of catalog rows")
     p.add_argument("artifact")
@@ -45,9 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "verify":
             art = Artifact.load(args.artifact, verify=True)
+            checked = art.check()
             m = art.manifest
             print(f"ok: {art.path}: {art.num_items} items, dim {art.dim}, index {m['index']['factory']} "
-                  f"({describe(art.index)}), schema {m['schema_version']}, data {m.get('data', {}).get('fingerprint')}")
+                  f"({describe(art.index)}, {len(art.parts)} part(s)), {len(checked['towers'])} towers, "
+                  f"{checked['users']} known users, {len(m['files'])} files checksummed, "
+                  f"schema {m['schema_version']}, data {m.get('data', {}).get('fingerprint')}")
         elif args.command == "add":
             summary = add_items(args.artifact, _read_items(Path(args.items)), replace=not args.no_replace,
                                 rebuild=args.rebuild, batch_size=args.batch_size)
@@ -57,8 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.file:
                 ids += [line.strip() for line in Path(args.file).read_text().splitlines() if line.strip()]
             print(json.dumps(remove_items(args.artifact, ids, rebuild=args.rebuild)))
-    except (ValueError, FileNotFoundError) as e:  # ArtifactError and DataError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # ArtifactError and DataError are ValueErrors
+        if args.debug:
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 1
     return 0
 

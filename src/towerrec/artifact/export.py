@@ -52,11 +52,14 @@ def export_artifact(
     batch_size: int = 256,
     progress: bool = True,
     encoder_name: str | None = None,
+    development_key: bool | None = None,
 ) -> Path:
     """Encode the catalog with the product tower, index it, and write the artifact atomically to `out_dir`.
 
     Use the training datamodule's eval batch size as `batch_size` to get the in-training item embeddings
-    bit for bit. Returns the artifact path.
+    bit for bit. `development_key`: whether the split's user pseudonyms came from the development key
+    (`towerrec.data.privacy.uses_development_key`), recorded as manifest data.development_key (None: not
+    known); serving refuses such an artifact unless told it is a development run. Returns the artifact path.
     """
     icfg = IndexConfig.from_any(index_cfg)
     catalog = split.catalog
@@ -86,7 +89,8 @@ def export_artifact(
         "num_items": n,
         "next_row_id": n,
         "max_length": {"item": int(item_max_length), "user": int(user_max_length)},
-        "data": {"name": split.name, "fingerprint": split.fingerprint, "num_items": split.num_items},
+        "data": {"name": split.name, "fingerprint": split.fingerprint, "num_items": split.num_items,
+                 "development_key": development_key},
         "train_config": train_cfg,
         "metrics": jsonable(dict(metrics or {})),
         "history": [],

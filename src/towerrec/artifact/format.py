@@ -14,11 +14,18 @@ An artifact is one directory; serving needs nothing else (no training checkpoint
     text.json                     the TextConfig, so serving renders users exactly as training did
     user_tower/, item_tower/      model.safetensors (the tower's state dict), config.json (the encoder's HF
                                   config), the tokenizer files, tower.json (pooling, projection, max_length...)
+    users.parquet                 known users' item ids (optional)
+
+Every file is listed in manifest.json with its sha256 and size; a file present but not listed is refused, so
+nothing is ever read unverified. The one exception is rerank/, which `stage=rerank` writes into an exported
+artifact later and towerrec.rerank reads with its own loader (its files are verified when they are listed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from pathlib import Path
 
 SCHEMA_VERSION = 1
@@ -29,8 +36,9 @@ EMBEDDINGS_FILE = "item_embeddings.safetensors"
 POPULARITY_FILE = "popularity.safetensors"
 TEXT_FILE = "text.json"
 USERS_FILE = "users.parquet"  # pseudonymized user id -> item ids interacted with, oldest first (optional)
+USER_COLUMNS = ("user_id", "items")
 TOWER_DIRS = {"user": "user_tower", "item": "item_tower"}
-TOWER_WEIGHTS, TOWER_META = "model.safetensors", "tower.json"
+TOWER_WEIGHTS, TOWER_META, TOWER_CONFIG = "model.safetensors", "tower.json", "config.json"
 ITEM_COLUMNS = ("row_id", "item_id", "title", "brand", "category", "price", "text", "history_text")
 
 
@@ -38,9 +46,12 @@ class ArtifactError(ValueError):
     """A missing, corrupt, incompatible or unsupported artifact operation; the message names the file."""
 
 
+RERANK_DIR = "rerank"  # written later by `stage=rerank`, read by its own loader: may hold unlisted files
+REASON_CHARS = 200
+
+
 def shard_file(i: int) -> str:
     return f"index.shard{i}.faiss"
-
 
 
 def index_files(manifest: dict) -> list[str]:
@@ -49,34 +60,128 @@ def index_files(manifest: dict) -> list[str]:
     return [shard_file(i) for i in range(shards)] if shards > 1 else [INDEX_FILE]
 
 
-def read_json(path: Path):
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing")
+def reason(e: BaseException) -> str:
+    """An exception as a short one-line reason (library messages can span lines and pages)."""
+    text = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split()) or type(e).__name__
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)  # FAISS: where in its C++ source, then the reason
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
+
+
+@contextlib.contextmanager
+def reading(f: Path, what: str):
+    """Any error while reading `f` becomes an ArtifactError "{f}: {what} ({reason})"; ArtifactErrors pass."""
     try:
-        return json.loads(path.read_text())
+        yield
+    except ArtifactError:
+        raise
+    except Exception as e:  # library read errors have no common base (RuntimeError, SafetensorError, ...)
+        raise ArtifactError(f"{f}: {what} ({reason(e)})") from e
+
+
+def read_json(path: Path, missing: str = "missing"):
+    with reading(path, "cannot be read"):
+        if not path.is_file():
+            raise ArtifactError(f"{path}: {missing}")
+        text = path.read_bytes()
+    try:
+        return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path}: not valid JSON ({e})") from e
+        raise ArtifactError(f"{path}: not valid JSON ({reason(e)})") from e
+
+
+class Fields:
+    """Type checks of a JSON object's fields, each failure one sentence naming the file and the field."""
+
+    def __init__(self, f: Path, obj: dict, prefix: str = ""):
+        self.f, self.obj, self.prefix = f, obj, prefix
+
+    def fail(self, key: str, rule: str):
+        value = repr(self.obj[key])
+        value = value if len(value) <= 60 else value[:57] + "..."
+        raise ArtifactError(f"{self.f}: field {self.prefix + key!r} must be {rule}, got {value}")
+
+    def has(self, key: str, required: bool) -> bool:
+        if key in self.obj:
+            return True
+        if required:
+            raise ArtifactError(f"{self.f}: required field {self.prefix + key!r} is missing")
+        return False
+
+    def int(self, key: str, minimum: int, required: bool = True) -> None:
+        if self.has(key, required):
+            v = self.obj[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+                self.fail(key, "a positive integer" if minimum == 1 else "a non-negative integer")
+
+    def type(self, key: str, types: type | tuple, rule: str, required: bool = True) -> None:
+        """obj[key] is one of `types` (a bool only where bool is one of them)."""
+        types = types if isinstance(types, tuple) else (types,)
+        if self.has(key, required):
+            v = self.obj[key]
+            if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+                self.fail(key, rule)
+
+    def equal(self, key: str, expected: str | bool) -> None:
+        v = self.obj[key] if self.has(key, True) else None
+        if type(v) is not type(expected) or v != expected:
+            self.fail(key, "true" if expected is True else repr(expected))
+
+
+def _check_files(f: Path, files: dict) -> None:
+    for rel, entry in files.items():
+        p = Path(rel)
+        if not rel or p.is_absolute() or ".." in p.parts:
+            raise ArtifactError(f"{f}: file entry {rel!r} points outside the artifact")
+        if rel == MANIFEST:
+            raise ArtifactError(f"{f}: files entry {rel!r}: the manifest cannot list itself")
+        prefix = f"files.{rel}."
+        if not isinstance(entry, dict):
+            raise ArtifactError(f"{f}: field {prefix[:-1]!r} must be a mapping {{sha256, bytes}}")
+        fields = Fields(f, entry, prefix)
+        if fields.has("sha256", True) and not re.fullmatch(r"[0-9a-f]{64}", str(entry["sha256"])):
+            fields.fail("sha256", "64 lower-case hex digits")
+        fields.int("bytes", 0)
+
+
+def _check_index(f: Path, index: dict) -> None:
+    fields = Fields(f, index, "index.")
+    if fields.has("factory", True) and not (isinstance(index["factory"], str) and index["factory"]):
+        fields.fail("factory", "a non-empty string")
+    fields.int("shards", 1, required=False)
+    fields.type("search", dict, "a mapping", required=False)
+    search = Fields(f, index.get("search") or {}, "index.search.")
+    for name in search.obj:
+        search.type(name, (int, float), "a number")
+    fields.type("config", dict, "a mapping", required=False)
 
 
 def read_manifest(path: Path) -> dict:
+    """manifest.json of the artifact at `path`, with every field that loading and serving rely on checked."""
     f = Path(path) / MANIFEST
-    if not f.is_file():
-        raise ArtifactError(f"{f}: missing; {path} is not a towerrec artifact (or an incomplete one)")
-    try:
-        manifest = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{f}: not valid JSON ({e})") from e
-    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    manifest = read_json(f, f"missing; {path} is not a towerrec artifact (or an incomplete one)")
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{f}: must hold a JSON object, got {type(manifest).__name__}")
+    version = manifest.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ArtifactError(f"{f}: schema_version {version!r} is not a known artifact schema version")
     if version > SCHEMA_VERSION:
         raise ArtifactError(f"{f}: schema_version {version} is newer than this towerrec supports "
                             f"({SCHEMA_VERSION}); upgrade towerrec to load it")
-    for key in ("dim", "num_items", "files", "index"):
-        if key not in manifest:
-            raise ArtifactError(f"{f}: required field {key!r} is missing")
-    for rel in manifest["files"]:
-        if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise ArtifactError(f"{f}: file entry {rel!r} points outside the artifact")
+    fields = Fields(f, manifest)
+    fields.int("dim", 1)
+    fields.int("num_items", 0)
+    fields.int("next_row_id", 0, required=False)
+    fields.equal("metric", "ip")
+    fields.equal("normalized", True)
+    fields.type("files", dict, "a mapping of relative path -> {sha256, bytes}")
+    _check_files(f, manifest["files"])
+    fields.type("index", dict, "a mapping {factory, shards, search}")
+    _check_index(f, manifest["index"])
+    for key in ("data", "encoder", "max_length", "metrics", "train_config"):
+        fields.type(key, dict, "a mapping", required=False)
+    data = Fields(f, manifest.get("data") or {}, "data.")
+    data.type("fingerprint", (str, type(None)), "a string", required=False)
+    data.type("development_key", (bool, type(None)), "true, false or null", required=False)  # serving refuses true
+    fields.type("history", list, "a list", required=False)
+    fields.type("created_at", str, "a string", required=False)
     return manifest
-

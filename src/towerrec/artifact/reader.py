@@ -10,6 +10,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from safetensors.numpy import load_file as load_numpy
 
 from towerrec.artifact.format import (
@@ -18,17 +19,23 @@ from towerrec.artifact.format import (
     ITEMS_FILE,
     MANIFEST,
     POPULARITY_FILE,
+    RERANK_DIR,
     TEXT_FILE,
+    TOWER_CONFIG,
     TOWER_DIRS,
+    TOWER_META,
+    TOWER_WEIGHTS,
+    USER_COLUMNS,
     USERS_FILE,
     ArtifactError,
     index_files,
     read_json,
     read_manifest,
+    reading,
 )
 from towerrec.artifact.items import ItemTable
 from towerrec.artifact.store import aside_path
-from towerrec.artifact.towers import Tower, load_tower
+from towerrec.artifact.towers import Tower, check_tower_files, load_tower
 from towerrec.data.text import TextConfig
 from towerrec.index import apply_search_params, assemble_shards
 from towerrec.utils.io import sha256_file
@@ -60,10 +67,13 @@ class Artifact:
 
         Artifacts exported before users.parquet existed know no users (empty)."""
         if self._users is None:
-            self._users = {}
+            users = {}
             if self.has_users:
-                table = pd.read_parquet(self.path / USERS_FILE)
-                self._users = {str(u): [str(i) for i in items] for u, items in zip(table["user_id"], table["items"])}
+                f = self.path / USERS_FILE
+                with reading(f, "not a users table (user_id, items: lists of item ids)"):
+                    table = pd.read_parquet(f, columns=list(USER_COLUMNS))
+                    users = {str(u): [str(i) for i in items] for u, items in zip(table["user_id"], table["items"])}
+            self._users = users
         return self._users
 
     def user_history(self, user_id: str) -> list[str] | None:
@@ -86,7 +96,12 @@ class Artifact:
         if which not in TOWER_DIRS:
             raise ValueError(f"tower must be 'user' or 'item', got {which!r}")
         if which not in self._towers:
-            self._towers[which] = load_tower(self.path / TOWER_DIRS[which])
+            directory = self.path / TOWER_DIRS[which]
+            tower = load_tower(directory)
+            if tower.dim != self.dim:
+                raise ArtifactError(f"{directory / TOWER_CONFIG}: the tower computes {tower.dim}-dim vectors but "
+                                    f"manifest dim is {self.dim}")
+            self._towers[which] = tower
         return self._towers[which]
 
     @property
@@ -97,62 +112,133 @@ class Artifact:
     def item_tower(self) -> Tower:
         return self.tower("item")
 
+    def check(self) -> dict:
+        """Load what serving loads beyond `load`: both towers rebuilt, each run on a probe text, and the users
+        table. Returns {"towers": {which: dim}, "users": count}; raises ArtifactError naming the file."""
+        probe = str(self.items["text"].iloc[0]) if self.num_items else "probe"
+        towers = {}
+        for which, rel in TOWER_DIRS.items():
+            with reading(self.path / rel, "cannot encode a probe text"):
+                vec = self.tower(which).encode([probe])
+            if vec.shape != (1, self.dim) or not np.isfinite(vec).all():
+                raise ArtifactError(f"{self.path / rel}: a probe text encodes to {vec.shape} vectors with "
+                                    f"non-finite values or not (1, {self.dim})")
+            towers[which] = int(vec.shape[1])
+        return {"towers": towers, "users": len(self.users)}
+
     @classmethod
-    def load(cls, path: str | os.PathLike, verify: bool = True) -> "Artifact":
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> Artifact:
         """Read an artifact; `verify` also checks every file's sha256 against the manifest.
 
-        Structure is always checked: schema version, files present, index dim / count / metric, table and
-        embedding shapes. If `path` is missing but an interrupted write left the previous version aside,
-        that version is loaded.
+        Always checked: the manifest's fields, that every file present is listed (rerank/ aside) and every
+        listed one present with its size, index dim / count / metric, tables and shapes, the towers' tower.json,
+        config.json and weights header. If `path` is missing but an interrupted write left the previous
+        version aside, that version is loaded. Any failure is an ArtifactError naming the file.
         """
         path = Path(path)
-        if not path.exists() and aside_path(path).exists():
-            log.warning("%s is missing but an interrupted write left the previous version at %s; loading it",
-                        path, aside_path(path))
-            path = aside_path(path)
+        with reading(path, "cannot be read"):
+            if not path.exists() and aside_path(path).exists():
+                log.warning("%s is missing but an interrupted write left the previous version at %s; loading it",
+                            path, aside_path(path))
+                path = aside_path(path)
         manifest = read_manifest(path)
-        for rel, entry in manifest["files"].items():
-            f = path / rel
-            if not f.is_file():
-                raise ArtifactError(f"{f}: missing (listed in {path / MANIFEST}); the artifact is incomplete")
-            if verify and sha256_file(f) != entry["sha256"]:
-                raise ArtifactError(f"{f}: checksum mismatch (expected sha256 {entry['sha256'][:12]}..., "
-                                    "see manifest.json): the file was modified or corrupted")
-        dim, n = int(manifest["dim"]), int(manifest["num_items"])
+        _check_listing(path, manifest, verify)
+        dim, n = manifest["dim"], manifest["num_items"]
         names = index_files(manifest)
-        parts = []
-        for name in names:
-            if name not in manifest["files"]:
-                raise ArtifactError(f"{path / MANIFEST}: the index file {name} is not listed")
-            part = faiss.read_index(str(path / name))
-            if part.d != dim:
-                raise ArtifactError(f"{path / name}: index dimension {part.d} != manifest dim {dim}")
-            if part.metric_type != faiss.METRIC_INNER_PRODUCT:
-                raise ArtifactError(f"{path / name}: index metric is not inner product")
-            try:
-                apply_search_params(part, manifest["index"].get("search") or {})
-            except ValueError as e:
-                raise ArtifactError(f"{path / name}: {e}") from e
-            parts.append(part)
+        parts = [_read_part(path / name, manifest) for name in names]
         ntotal = sum(p.ntotal for p in parts)
         if ntotal != n:
             raise ArtifactError(f"{path / names[0]}: the index holds {ntotal} vectors but manifest num_items is {n}")
-        items = pd.read_parquet(path / ITEMS_FILE)
-        missing = [c for c in ITEM_COLUMNS if c not in items.columns]
-        if missing:
-            raise ArtifactError(f"{path / ITEMS_FILE}: missing column(s) {missing}")
-        if len(items) != n:
-            raise ArtifactError(f"{path / ITEMS_FILE}: {len(items)} rows but manifest num_items is {n}")
-        tensors = load_numpy(str(path / EMBEDDINGS_FILE))
-        emb = tensors.get("embeddings")
+        items = _read_items(path / ITEMS_FILE, n)
+        emb = _read_tensor(path / EMBEDDINGS_FILE, "embeddings")
         if emb is None or emb.shape != (n, dim) or emb.dtype != np.float32:
             shape = None if emb is None else (emb.shape, str(emb.dtype))
             raise ArtifactError(f"{path / EMBEDDINGS_FILE}: embeddings {shape} != expected ({n}, {dim}) float32")
-        if not np.array_equal(tensors.get("row_id"), items["row_id"].to_numpy(dtype=np.int64)):
+        if not np.array_equal(_read_tensor(path / EMBEDDINGS_FILE, "row_id"), items["row_id"].to_numpy(np.int64)):
             raise ArtifactError(f"{path / EMBEDDINGS_FILE}: row ids are not those of {ITEMS_FILE}")
-        popularity = load_numpy(str(path / POPULARITY_FILE)).get("counts")
-        if popularity is None or popularity.shape != (n,):
-            raise ArtifactError(f"{path / POPULARITY_FILE}: counts must have shape ({n},)")
-        text = TextConfig.from_dict(read_json(path / TEXT_FILE))
+        popularity = _read_tensor(path / POPULARITY_FILE, "counts")
+        if popularity is None or popularity.shape != (n,) or not np.issubdtype(popularity.dtype, np.number):
+            raise ArtifactError(f"{path / POPULARITY_FILE}: counts must be numbers of shape ({n},)")
+        with reading(path / TEXT_FILE, "not a text configuration"):
+            text = TextConfig.from_dict(read_json(path / TEXT_FILE))
+        for rel in TOWER_DIRS.values():
+            meta = check_tower_files(path / rel)
+            if meta["dim"] != dim:
+                raise ArtifactError(f"{path / rel / TOWER_META}: dim {meta['dim']} != manifest dim {dim}")
+        if USERS_FILE in manifest["files"]:
+            with reading(path / USERS_FILE, "not a readable parquet table"):
+                columns = pq.read_schema(path / USERS_FILE).names
+            if not set(USER_COLUMNS) <= set(columns):
+                raise ArtifactError(f"{path / USERS_FILE}: columns {columns} lack {list(USER_COLUMNS)}")
         return cls(path, manifest, parts, items, emb, popularity, text)
 
+
+def _required_files(manifest: dict) -> list[str]:
+    towers = [f"{d}/{name}" for d in TOWER_DIRS.values() for name in (TOWER_META, TOWER_CONFIG, TOWER_WEIGHTS)]
+    return [*index_files(manifest), ITEMS_FILE, EMBEDDINGS_FILE, POPULARITY_FILE, TEXT_FILE, *towers]
+
+
+def _check_listing(path: Path, manifest: dict, verify: bool) -> None:
+    """Every file present is listed (rerank/ aside), every required and listed file is present, with the
+    listed size and (`verify`) sha256."""
+    listed, m = manifest["files"], path / MANIFEST
+    with reading(path, "cannot be read"):
+        present = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if not p.is_dir())
+    for rel in present:
+        parts = Path(rel).parts
+        if rel != MANIFEST and rel not in listed and not (len(parts) > 1 and parts[0] == RERANK_DIR):
+            raise ArtifactError(f"{path / rel}: not listed in {MANIFEST}; every file of an artifact must be listed with "
+                                "its checksum, so an unlisted file is refused (remove it, or export again)")
+    for rel in _required_files(manifest):
+        if rel not in listed:
+            raise ArtifactError(f"{path / rel}: missing (required, and not listed in {m}); the artifact is incomplete")
+    for rel, entry in listed.items():
+        f = path / rel
+        with reading(f, "cannot be read"):
+            if not f.is_file():
+                raise ArtifactError(f"{f}: missing (listed in {m}); the artifact is incomplete")
+            size = f.stat().st_size
+            if size != entry["bytes"]:
+                raise ArtifactError(f"{f}: {size} bytes but {MANIFEST} lists {entry['bytes']}: the file was "
+                                    "modified or corrupted (truncated?)")
+            if verify and sha256_file(f) != entry["sha256"]:
+                raise ArtifactError(f"{f}: checksum mismatch (expected sha256 {entry['sha256'][:12]}..., see "
+                                    f"{MANIFEST}): the file was modified or corrupted")
+
+
+def _read_part(f: Path, manifest: dict) -> faiss.Index:
+    with reading(f, "not a readable FAISS index"):
+        part = faiss.read_index(str(f))
+    if part.d != manifest["dim"]:
+        raise ArtifactError(f"{f}: index dimension {part.d} != manifest dim {manifest['dim']}")
+    if part.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise ArtifactError(f"{f}: index metric is not inner product")
+    try:
+        apply_search_params(part, manifest["index"].get("search") or {})
+    except ValueError as e:
+        raise ArtifactError(f"{f}: {e}") from e
+    return part
+
+
+def _read_items(f: Path, n: int) -> pd.DataFrame:
+    with reading(f, "not a readable parquet table"):
+        items = pd.read_parquet(f)
+    missing = [c for c in ITEM_COLUMNS if c not in items.columns]
+    if missing:
+        raise ArtifactError(f"{f}: missing column(s) {missing}")
+    if len(items) != n:
+        raise ArtifactError(f"{f}: {len(items)} rows but manifest num_items is {n}")
+    rows = items["row_id"]
+    if not pd.api.types.is_integer_dtype(rows) or (rows < 0).any() or rows.duplicated().any():
+        raise ArtifactError(f"{f}: column row_id must hold unique non-negative integers")
+    if items["item_id"].astype(str).duplicated().any():
+        dup = items["item_id"][items["item_id"].astype(str).duplicated()].iloc[0]
+        raise ArtifactError(f"{f}: column item_id must be unique, {str(dup)[:60]!r} repeats")
+    if not pd.api.types.is_numeric_dtype(items["price"]):
+        raise ArtifactError(f"{f}: column price must hold numbers, got {items['price'].dtype}")
+    return items
+
+
+def _read_tensor(f: Path, name: str) -> np.ndarray | None:
+    with reading(f, "not a readable safetensors file"):
+        return load_numpy(str(f)).get(name)

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,12 +25,23 @@ import numpy as np
 import pandas as pd
 
 from towerrec.data.privacy import pseudonymize
-from towerrec.data.schema import CATEGORY_SEP, BadRows, Catalog, DataError, Dataset, Interactions
+from towerrec.data.schema import (
+    CATEGORY_SEP,
+    MAX_BAD_ROW_SHARE,
+    BadRows,
+    Catalog,
+    DataError,
+    Dataset,
+    Interactions,
+    quoted,
+    where,
+)
 
 log = logging.getLogger(__name__)
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _PRICE_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_INT64_LIMIT = 2.0**63  # timestamps must be smaller in magnitude
 EVENT_OPTIONAL = ("rating", "event")
 PROVENANCE = ("_file", "_line")  # bookkeeping columns: where each row came from
 
@@ -65,14 +77,6 @@ def read_lines(path: Path, bad: BadRows, keep_ends: bool = False) -> Iterator[tu
         raise DataError(f"{path}: cannot read the file ({e})") from None
 
 
-def _flag(bad: BadRows, file: str, line: int, reason: str) -> None:
-    """Report a bad row; Parquet has no lines, so its rows are named 'file row N'."""
-    if file.endswith((".parquet", ".pq")):
-        bad(f"{file} row {line}", None, reason)
-    else:
-        bad(file, int(line), reason)
-
-
 def frame(rows: list[list[str]], columns: list[str], path: Path, lines: list[int]) -> pd.DataFrame:
     """String rows as a DataFrame with provenance columns (`path`, the line of each row)."""
     df = pd.DataFrame(rows, columns=columns, dtype=object) if rows else pd.DataFrame(columns=columns, dtype=object)
@@ -82,47 +86,78 @@ def frame(rows: list[list[str]], columns: list[str], path: Path, lines: list[int
 
 
 def _read_csv(path: Path, bad: BadRows, delimiter: str) -> pd.DataFrame:
-    """CSV/TSV with a header line; each record's line is the line it starts on."""
+    """CSV/TSV with a header line; each record's line is the line it starts on.
+
+    A quote that never closes would make the rest of the file one field: that is a bad row at the line
+    where the field opens, and the lines after that one are parsed again, so skip mode loses that row alone.
+    """
     # A long description must be truncated later, not rejected by the csv module's 128 KiB default.
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
-    started: list[int] = []
+    source = read_lines(path, bad, keep_ends=True)
+    again: deque[tuple[int, str]] = deque()  # lines after an unterminated quote, to parse again
+    taken: list[tuple[int, str]] = []  # (number, text) of the lines of the record being parsed
+    at_end = False  # the parser asked for a line past the end of the file
 
     def text_lines() -> Iterator[str]:
-        for number, text in read_lines(path, bad, keep_ends=True):
-            started.append(number)
-            yield text
+        nonlocal at_end
+        while (line := again.popleft() if again else next(source, None)) is not None:
+            taken.append(line)
+            yield line[1]
+        at_end = True
 
-    reader = csv.reader(text_lines(), delimiter=delimiter)
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{path}: the file is empty (expected a header line)")
-        header = [h.strip() for h in header]
-        if len(set(header)) != len(header) or "" in header:
-            raise DataError(f"{path}:1: the header has empty or duplicate column names: {header}")
-        rows, numbers = [], []
+    def records() -> Iterator[list[str]]:
+        """The non-blank records, the header first, each with its lines in `taken`; bad ones are reported."""
+        nonlocal at_end
+        reader = csv.reader(text_lines(), delimiter=delimiter)
+        in_header = True
         while True:
-            started.clear()
+            taken.clear()
             try:
                 record = next(reader)
             except StopIteration:
-                break
+                return
             except csv.Error as e:
-                bad(path, started[0] if started else None, f"malformed CSV ({e})")
-                continue
-            if not record or (len(record) == 1 and not record[0].strip()):
-                continue  # blank line
-            if len(record) != len(header):
-                bad(path, started[0], f"expected {len(header)} fields, found {len(record)}")
-                continue
-            rows.append(record)
-            numbers.append(started[0])
-    except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV ({e})") from None
+                line, problem = (taken[0][0] if taken else None), f"malformed CSV ({e})"
+            else:
+                if not at_end:
+                    if len(record) > 1 or (record and record[0].strip()):
+                        in_header = False
+                        yield record
+                    continue
+                # The file ended inside a quoted field (the record's last): it opened on the line from
+                # which the field holds as many line breaks as there are lines left.
+                last, text = taken[-1]
+                line = max(taken[0][0], last - record[-1].count("\n") + text.endswith("\n"))
+                problem = (f"unterminated quote: field {len(record)} opens with a quote that never closes, "
+                           f"so lines {line}-{last} (the rest of the file) would be one field")
+                again.extend(t for t in taken if t[0] > line)
+                at_end = False
+                reader = csv.reader(text_lines(), delimiter=delimiter)
+            if in_header:
+                raise DataError(f"{where(path, line)}: {problem} (in the header line)")
+            bad(path, line, problem)
+
+    parsed = records()
+    header = next(parsed, None)
+    if header is None:
+        raise DataError(f"{path}: the file is empty (expected a header line)")
+    header = [h.strip() for h in header]
+    if len(set(header)) != len(header) or "" in header:
+        raise DataError(f"{path}:1: the header has empty or duplicate column names: {quoted(header, 200)}")
+    rows, numbers = [], []
+    for record in parsed:
+        first, last = taken[0][0], taken[-1][0]
+        if len(record) != len(header):
+            held = f" (a quoted field makes lines {first}-{last} one record: is a quote unterminated?)"
+            bad(path, first, f"expected {len(header)} fields, found {len(record)}" + (held if last > first else ""))
+            continue
+        rows.append(record)
+        numbers.append(first)
+    bad.rows_read(path, len(rows))
     return frame(rows, header, path, numbers)
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def _read_parquet(path: Path, bad: BadRows) -> pd.DataFrame:
     require_file(path)
     try:
         df = pd.read_parquet(path)
@@ -131,7 +166,23 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     df = df.reset_index(drop=True)
     df["_file"] = str(path)
     df["_line"] = np.arange(1, len(df) + 1, dtype=np.int64)
+    undecodable = pd.Series(False, index=df.index)
+    for col in df.columns[df.dtypes == object]:  # binary columns: bytes to text, as CSV lines are
+        decoded = df[col].map(lambda v: _utf8(v) if isinstance(v, bytes) else v)
+        for row in df.index[decoded.isna() & df[col].notna() & ~undecodable]:
+            bad(path, row + 1, f"column {quoted(col)} is not valid UTF-8")
+        undecodable |= decoded.isna() & df[col].notna()
+        df[col] = decoded
+    df = df[~undecodable]
+    bad.rows_read(path, len(df))
     return df
+
+
+def _utf8(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def read_table(path: Path, bad: BadRows) -> pd.DataFrame:
@@ -141,12 +192,12 @@ def read_table(path: Path, bad: BadRows) -> pd.DataFrame:
         suffixes = suffixes[:-1]
     ext = suffixes[-1] if suffixes else ""
     if ext in (".parquet", ".pq"):
-        return _read_parquet(path)
+        return _read_parquet(path, bad)
     if ext == ".csv":
         return _read_csv(path, bad, ",")
     if ext == ".tsv":
         return _read_csv(path, bad, "\t")
-    raise DataError(f"{path}: unsupported table format {ext or '(no extension)'!r}; use .csv, .tsv or .parquet")
+    raise DataError(f"{path}: unsupported table format {quoted(ext or '(no extension)')}; use .csv, .tsv or .parquet")
 
 
 def read_jsonl(path: Path, bad: BadRows) -> Iterator[tuple[int, dict]]:
@@ -193,7 +244,7 @@ def _drop_bad_rows(df: pd.DataFrame, checks: list[tuple[pd.Series, str | Callabl
     if not failing.any():
         return df
     for file, line, why in zip(df["_file"][failing], df["_line"][failing], reason[failing]):
-        _flag(bad, file, line, why)
+        bad(file, int(line), why)
     return df[~failing]
 
 
@@ -206,7 +257,7 @@ def as_id(series: pd.Series) -> pd.Series:
     """Ids as strings; integral floats (Parquet ints with nulls) lose their '.0'."""
     if pd.api.types.is_float_dtype(series):
         out = series.astype(object)
-        ok = series.notna() & (series == np.floor(series))
+        ok = (series.abs() < _INT64_LIMIT) & (series == np.floor(series))  # not NaN, inf or past int64
         out[ok] = series[ok].astype(np.int64).astype(str)
         return out.where(series.notna(), None)
     return series.where(series.isna(), series.astype(str).str.strip())
@@ -257,27 +308,28 @@ def category_path(value: object) -> str:
     return text
 
 
-def _timestamps(series: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """(int64-valued timestamps, invalid mask) from numbers or ISO-8601 datetimes.
+def _timestamps(series: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(int64-valued timestamps, invalid mask, out-of-range mask) from numbers or ISO-8601 datetimes.
 
     A column of mostly numbers is numeric: integers are kept as is, fractional numbers become
-    milliseconds (x1000, rounded) so no order is lost. Otherwise values are ISO datetimes,
-    converted to epoch milliseconds (UTC; naive times are taken as UTC). Values of the other kind,
-    and missing ones, are marked invalid.
+    milliseconds (x1000, rounded) so no order is lost; infinite ones, and ones an int64 cannot hold,
+    are out of range. Otherwise values are ISO datetimes, converted to epoch milliseconds (UTC; naive
+    times are taken as UTC). Values of the other kind, and missing ones, are marked invalid.
     """
     if pd.api.types.is_datetime64_any_dtype(series):
         dt = pd.to_datetime(series, utc=True)
-        return _epoch_ms(dt), dt.isna()
+        return _epoch_ms(dt), dt.isna(), pd.Series(False, index=series.index)
     missing = blank(series)
     numeric = pd.to_numeric(series.where(~missing, None), errors="coerce")
     if 2 * numeric.notna().sum() >= (~missing).sum():  # mostly numbers: the rest are bad rows
-        finite = numeric.notna()
-        if (numeric[finite] == np.floor(numeric[finite])).all():
-            return numeric, ~finite
-        log.info("fractional timestamps: converted to milliseconds to keep their order")
-        return (numeric * 1000).round(), ~finite
+        fits = numeric.abs() < _INT64_LIMIT  # False for NaN
+        if not (numeric[fits] == np.floor(numeric[fits])).all():
+            log.info("fractional timestamps: converted to milliseconds to keep their order")
+            numeric = (numeric * 1000).round()
+            fits &= numeric.abs() < _INT64_LIMIT
+        return numeric, numeric.isna(), numeric.notna() & ~fits
     dt = pd.to_datetime(series.where(~missing, None), errors="coerce", utc=True, format="ISO8601")
-    return _epoch_ms(dt), dt.isna()
+    return _epoch_ms(dt), dt.isna(), pd.Series(False, index=series.index)
 
 
 def _epoch_ms(dt: pd.Series) -> pd.Series:
@@ -308,21 +360,21 @@ def _truncate_text(items: pd.DataFrame, max_chars: int, source: str) -> pd.DataF
 # ----------------------------------------------------------------------------------------------
 
 
-def check_options(on_bad_rows: str, max_text_chars: int) -> BadRows:
+def check_options(on_bad_rows: str, max_text_chars: int, max_bad_row_share: float = MAX_BAD_ROW_SHARE) -> BadRows:
     """Validate the shared loader options; returns the `BadRows` collector for `on_bad_rows`."""
     if isinstance(max_text_chars, bool) or not isinstance(max_text_chars, (int, np.integer)) or max_text_chars < 1:
-        raise DataError(f"data.max_text_chars must be a positive integer, got {max_text_chars!r}")
-    return BadRows(on_bad_rows)
+        raise DataError(f"data.max_text_chars must be a positive integer, got {quoted(max_text_chars)}")
+    return BadRows(on_bad_rows, max_bad_row_share)
 
 
 def validate_items(items: pd.DataFrame, bad: BadRows, titles: bool = True) -> pd.DataFrame:
     """Drop (reporting file:line) items without an id, repeating an earlier id, or with an empty title."""
     checks = [
         (blank(items["item_id"]), "missing item id"),
-        (items["item_id"].duplicated(), lambda d: [f"duplicate item id {i!r}" for i in d["item_id"]]),
+        (items["item_id"].duplicated(), lambda d: [f"duplicate item id {quoted(i)}" for i in d["item_id"]]),
     ]
     if titles:
-        checks.append((blank(items["title"]), lambda d: [f"item {i!r} has an empty title" for i in d["item_id"]]))
+        checks.append((blank(items["title"]), lambda d: [f"item {quoted(i)} has an empty title" for i in d["item_id"]]))
     return _drop_bad_rows(items, checks, bad)
 
 
@@ -333,20 +385,22 @@ def validate_events(events: pd.DataFrame, known_items: pd.Index, bad: BadRows) -
         (blank(events["item_id"]), "missing item id"),
         (
             ~events["item_id"].isin(known_items),
-            lambda d: [f"unknown item {i!r} (not in the catalog)" for i in d["item_id"]],
+            lambda d: [f"unknown item {quoted(i)} (not in the catalog)" for i in d["item_id"]],
         ),
     ]
     raw = events
 
     def quoting(col: str, message: str) -> Callable:  # reasons quote the values as read
-        return lambda d: [f"{col} {v!r} {message}" for v in raw.loc[d.index, col]]
+        return lambda d: [f"{col} {quoted(v)} {message}" for v in raw.loc[d.index, col]]
 
-    ts, ts_bad = _timestamps(raw["timestamp"])
-    checks.append((ts_bad, quoting("timestamp", "is not a number or an ISO datetime")))
+    ts, unreadable, out_of_range = _timestamps(raw["timestamp"])
+    checks.append((unreadable, quoting("timestamp", "is not a number or an ISO datetime")))
+    checks.append((out_of_range, quoting("timestamp", "is out of range (not a finite 64-bit integer)")))
     events = events.assign(timestamp=ts)
     if "rating" in events.columns:
         rating = pd.to_numeric(raw["rating"].where(~blank(raw["rating"]), None), errors="coerce")
-        checks.append((rating.isna() & ~blank(raw["rating"]), quoting("rating", "is not a number")))
+        not_finite = ~np.isfinite(rating.astype(float)) & ~blank(raw["rating"])
+        checks.append((not_finite, quoting("rating", "is not a finite number")))
         events = events.assign(rating=rating)
     return _drop_bad_rows(events, checks, bad)
 

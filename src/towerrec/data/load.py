@@ -6,6 +6,8 @@ Every file format shares three options:
   bad rows, counts them in a `BadRows` and logs a summary.
 - `user_id_secret`: key for `pseudonymize`; raw user ids never leave the loaders.
 - `max_text_chars`: longer catalog texts (titles, descriptions, ...) are cut, with one counted warning.
+- `max_bad_row_share` (default 0.01): in skip mode, a file whose skipped rows (unknown items, bad
+  timestamps, unreadable lines, ...) pass this share of its rows stops the load with a `DataError`.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import numpy as np
 from towerrec.data.formats.amazon2023 import load_amazon2023
 from towerrec.data.formats.recbole import load_recbole
 from towerrec.data.formats.table import load_table
-from towerrec.data.schema import DataError, Dataset
+from towerrec.data.schema import DataError, Dataset, quoted
 from towerrec.data.splits import Split, leave_last_out
 
 log = logging.getLogger(__name__)
 
-_SHARED_KEYS = ("on_bad_rows", "user_id_secret", "max_text_chars")
+_SHARED_KEYS = ("on_bad_rows", "user_id_secret", "max_text_chars", "max_bad_row_share")
 _KIND_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # kind -> (required, optional)
     "recbole": (("path", "name"), ()),
     "amazon2023": (("reviews_path", "meta_path"), ("name",)),
@@ -34,16 +36,16 @@ _KIND_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # kind -> (r
 
 def load_dataset(cfg: Mapping) -> Dataset:
     """Load the dataset a config describes: `kind` in {recbole, amazon2023, table, synthetic} plus
-    that kind's keys and the shared on_bad_rows / user_id_secret / max_text_chars."""
+    that kind's keys and the shared on_bad_rows / user_id_secret / max_text_chars / max_bad_row_share."""
     cfg = dict(cfg)
     kind = cfg.pop("kind", None)
     if kind not in _KIND_KEYS:
-        raise DataError(f"data.kind must be one of {sorted(_KIND_KEYS)}, got {kind!r}")
+        raise DataError(f"data.kind must be one of {sorted(_KIND_KEYS)}, got {quoted(kind)}")
     required, optional = _KIND_KEYS[kind]
     unknown = sorted(set(cfg) - set(required) - set(optional) - set(_SHARED_KEYS))
     if unknown:
         allowed = sorted({"kind", *required, *optional, *_SHARED_KEYS})
-        raise DataError(f"data config (kind={kind!r}): unknown key(s) {unknown}; allowed keys are {allowed}")
+        raise DataError(f"data config (kind={kind!r}): unknown key(s) {quoted(unknown)}; allowed keys are {allowed}")
     absent = [k for k in required if cfg.get(k) in (None, "")]
     if absent:
         raise DataError(f"data config (kind={kind!r}): missing required key(s) {absent}")

@@ -1,4 +1,4 @@
-"""Build an untrained TwoTower (and its tokenizer) from the plain values of the `model` config."""
+"""Build untrained towers from the plain values of the `model` config: the text TwoTower, the sequence towers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from towerrec.model.encoders import load_encoder
+from towerrec.model.sequence import ItemEncoder, SequenceRecommender, SequenceUserTower
 from towerrec.model.towers import TwoTower
 
 
@@ -22,3 +23,16 @@ def build_two_tower(params: Mapping, corpus: Sequence[str], item_counts: np.ndar
                      dropout=params.get("dropout"),
                      item_id_counts=item_counts if params.get("item_id_embedding") else None)
     return model, tokenizer
+
+
+def build_sequence(params: Mapping, text_vectors: np.ndarray | None, num_items: int,
+                   item_counts: np.ndarray | None = None) -> SequenceRecommender:
+    """The sequence towers; `text_vectors` (N, H) frozen product text vectors, or None when `params["text"]` is
+    false (id-only)."""
+    dim = int(params["dim"])
+    items = ItemEncoder(text_vectors if params.get("text", True) else None, dim, num_items=num_items,
+                        adapter=params.get("adapter", "linear"), item_ids=bool(params.get("item_ids")),
+                        item_counts=item_counts)
+    users = SequenceUserTower(dim, int(params["max_len"]), layers=int(params["layers"]), heads=int(params["heads"]),
+                              dropout=float(params["dropout"]))
+    return SequenceRecommender(items, users)

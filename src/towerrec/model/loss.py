@@ -408,3 +408,11 @@ def split_into_chunks(batch: Tensor | Mapping[str, Tensor], chunk_size: int) -> 
     return [
         {key: value[start : start + chunk_size] for key, value in batch.items()} for start in range(0, n, chunk_size)
     ]
+
+
+def full_softmax_loss(queries: Tensor, items: Tensor, targets: Tensor, temperature: float | Tensor,
+                      reduction: str = "mean") -> Tensor:
+    """Cross-entropy of each query (P, D) over the whole catalog `items` (N, D); `targets` (P,) positions."""
+    compute_dtype = torch.promote_types(queries.dtype, torch.float32)
+    logits = (queries @ items.T).to(compute_dtype) / temperature  # (P, N)
+    return F.cross_entropy(logits, targets, reduction=reduction)

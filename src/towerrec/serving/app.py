@@ -5,13 +5,14 @@ artifact (and LM components) in a background thread when the app starts, so `/he
 `/readyz` turns 200 when everything is loaded. Handlers are plain functions: FastAPI runs them in a thread
 pool (`service.worker_threads` threads), where the user tower and FAISS release the GIL.
 
-Errors: invalid input -> 422 with the offending field in `detail[].loc` (a body that is not UTF-8 -> 400);
-unknown user/item id -> 404;
-request body over `service.max_body_bytes` -> 413; not loaded yet, or an LM stage a request needs is
-disabled/busy/late -> 503 with Retry-After; reload without/with a wrong token -> 401/403, while another
-reload runs -> 409, of an artifact that fails to load or verify -> 422 naming `path` (the served artifact
-stays). Every error body is JSON with
-`detail`.
+Errors: invalid input -> 422 with the offending field in `detail[].loc`, including JSON that Python would
+accept but JSON does not (NaN, Infinity, 1e309, lone surrogates: `body.parse_json`), the offending input
+echoed only where it can be encoded (`body.encodable_errors`); a body that is not UTF-8 -> 400; unknown
+user/item id -> 404; request body over `service.max_body_bytes` -> 413; not loaded yet, or an LM stage a
+request needs is disabled/busy/late -> 503 with Retry-After; reload without/with a wrong token -> 401/403
+whatever the body (the token is checked before the body is parsed), while another reload runs -> 409, of an
+artifact that fails to load or verify, or of a path the OS refuses (a name over 255 bytes) -> 422 naming
+`path` (the served artifact stays). Every error body is JSON with `detail`.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime, and the
@@ -24,12 +25,14 @@ import secrets
 
 import anyio.to_thread
 from fastapi import Body, Depends, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from towerrec.artifact.format import ArtifactError
 from towerrec.serving import schemas as S
+from towerrec.serving.body import StrictJSONRoute, cut, encodable_errors
 from towerrec.serving.components import LMComponents
 from towerrec.serving.config import ServeConfig
 from towerrec.serving.metrics import Metrics, MetricsMiddleware
@@ -120,6 +123,7 @@ def create_app(cfg: ServeConfig, *, service: RecommendationService | None = None
                   description="Recommendations from an exported two-tower artifact, with optional LM rerank, "
                               "explanations and product copy.")
     app.state.service = service
+    app.router.route_class = StrictJSONRoute  # every route parses its body with body.parse_json
     bearer = HTTPBearer(auto_error=False, description="the reload token (TOWERREC_RELOAD_TOKEN)")
 
     # ---- error mapping ---------------------------------------------------------------------------------
@@ -132,10 +136,13 @@ def create_app(cfg: ServeConfig, *, service: RecommendationService | None = None
     async def unavailable(request: Request, exc: Exception):
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": encodable_errors(exc.errors())}, status_code=422)
+
     @app.exception_handler(InvalidField)
     async def invalid_field(request: Request, exc: InvalidField):
-        return JSONResponse({"detail": [{"loc": list(exc.loc), "msg": exc.msg, "type": "value_error"}]},
-                            status_code=422)
+        return JSONResponse({"detail": encodable_errors([{"loc": exc.loc, "msg": exc.msg}])}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -186,14 +193,9 @@ def create_app(cfg: ServeConfig, *, service: RecommendationService | None = None
         data, content_type = metrics.render()
         return Response(data, media_type=content_type)
 
-    @app.post("/admin/reload", response_model=S.ReloadResponse, tags=["ops"],
-              summary="Load and verify an artifact fully, then swap it in (Bearer token)",
-              responses={401: {"model": S.ErrorResponse, "description": "no token"},
-                         403: {"model": S.ErrorResponse, "description": "wrong token, or reloads disabled"},
-                         409: {"model": S.ErrorResponse, "description": "another reload is in progress"},
-                         400: ERRORS[400], 413: ERRORS[413]})
-    def reload(body: S.ReloadRequest | None = Body(None),
-               credentials: HTTPAuthorizationCredentials | None = Depends(bearer)):
+    async def authorize(request: Request) -> JSONResponse | None:
+        """401/403 unless the request carries the reload token; runs before the body is read."""
+        credentials = await bearer(request)
         if credentials is None:
             return JSONResponse({"detail": "reload needs 'Authorization: Bearer <token>'"}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -202,12 +204,27 @@ def create_app(cfg: ServeConfig, *, service: RecommendationService | None = None
                                            "(or reload_token=...) set"}, status_code=403)
         if not secrets.compare_digest(credentials.credentials.encode(), cfg.reload_token.encode()):
             return JSONResponse({"detail": "wrong reload token"}, status_code=403)
+        return None
+
+    def reload(body: S.ReloadRequest | None = Body(None)):
+        path = body.path if body else None
         try:
-            return service.reload(body.path if body else None)
+            return service.reload(path)
         except ReloadInProgress as e:
             return JSONResponse({"detail": str(e)}, status_code=409)
-        except (ArtifactError, FileNotFoundError, NotADirectoryError) as e:
-            raise InvalidField(("body", "path"), f"the artifact was not loaded (the served one stays): {e}") from e
+        except (OSError, ValueError) as e:  # ArtifactError is a ValueError; OSError: e.g. a name too long
+            raise InvalidField(("body", "path"), f"the artifact was not loaded (the served one stays): "
+                                                 f"{load_error(e, path or service.holder.path)}") from e
+
+    app.router.add_api_route(
+        "/admin/reload", reload, methods=["POST"], response_model=S.ReloadResponse, tags=["ops"],
+        summary="Load and verify an artifact fully, then swap it in (Bearer token)",
+        dependencies=[Depends(bearer)],  # documents the scheme; `authorize` checks it before the body is read
+        route_class_override=type("ReloadRoute", (StrictJSONRoute,), {"guard": staticmethod(authorize)}),
+        responses={401: {"model": S.ErrorResponse, "description": "no token"},
+                   403: {"model": S.ErrorResponse, "description": "wrong token, or reloads disabled"},
+                   409: {"model": S.ErrorResponse, "description": "another reload is in progress"},
+                   400: ERRORS[400], 413: ERRORS[413]})
 
     base_openapi = app.openapi
 
@@ -229,6 +246,15 @@ def create_app(cfg: ServeConfig, *, service: RecommendationService | None = None
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
     return app
+
+
+def load_error(e: Exception, path: str) -> str:
+    """One sentence on why loading `path` failed: an ArtifactError names its file; an OS error is given with
+    the (cut) path it is about."""
+    if isinstance(e, ArtifactError):
+        return str(e)
+    where = str(getattr(e, "filename", None) or path)
+    return f"{cut(where, 120)}: {getattr(e, 'strerror', None) or e}"
 
 
 def add_examples(schema: dict, state: ServiceState) -> None:

@@ -39,6 +39,7 @@ class ServeConfig:
     port: int = 8000
     log_level: str = "info"
     reload_token: str | None = None  # None: POST /admin/reload is disabled
+    development: bool = False  # serve artifacts whose user pseudonyms came from the development key
     max_body_bytes: int = 65536  # larger request bodies get 413
     max_k: int = 100
     max_history: int = 200  # history item ids per request
@@ -76,7 +77,8 @@ class ServeConfig:
 
         if isinstance(cfg, DictConfig):  # only the nodes read here are resolved (paths.* need a Hydra run)
             d = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
-                 for k in ("artifacts", "host", "port", "log_level", "reload_token", "service", "rerank")
+                 for k in ("artifacts", "host", "port", "log_level", "reload_token", "development", "service",
+                           "rerank")
                  if k in cfg and not OmegaConf.is_missing(cfg, k)}
         else:
             d = dict(cfg)
@@ -97,7 +99,7 @@ class ServeConfig:
         token = d.get("reload_token") or os.environ.get(RELOAD_TOKEN_ENV) or None
         return cls(artifacts=str(d["artifacts"]), host=str(d.get("host", "127.0.0.1")), port=int(d.get("port", 8000)),
                    log_level=str(d.get("log_level", "info")), reload_token=token, lm=dict(d.get("rerank") or {}),
-                   **service)
+                   development=bool(d.get("development", False)), **service)
 
 
 def _stage(name: str, node: Mapping | None, default: StageSettings) -> StageSettings:

@@ -1,7 +1,9 @@
 """Prometheus metrics of the service, in a registry of its own (several apps in one process never collide).
 
 HTTP requests are counted and timed by `MetricsMiddleware` under the route's template (`/items/{item_id}`,
-not the raw path, so the label set stays bounded); unmatched paths count as `<unmatched>`. The service adds
+not the raw path, so the label set stays bounded); unmatched paths count as `<unmatched>`. A request whose
+client disconnects before any response is sent (e.g. mid-body) has no status: it is counted as a disconnect,
+so the status counts are exactly the responses sent. The service adds
 what only it knows: which path served a recommendation, LM stage fallbacks and their reason, stage
 latencies, the user-vector cache, reloads and the served artifact.
 """
@@ -18,10 +20,12 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     def __init__(self):
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("towerrec_http_requests", "HTTP requests by route and status", ["method", "route",
-                                                                                             "status"], registry=r)
+        self.requests = Counter("towerrec_http_requests", "HTTP requests answered, by route and status",
+                                ["method", "route", "status"], registry=r)
         self.errors = Counter("towerrec_http_errors", "HTTP responses with status >= 400 (5xx: server errors)",
                               ["route", "status"], registry=r)
+        self.disconnects = Counter("towerrec_http_disconnects", "requests whose client left before a response "
+                                   "was sent (not in towerrec_http_requests)", ["method", "route"], registry=r)
         self.latency = Histogram("towerrec_http_request_duration_seconds", "request latency by route", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.served = Counter("towerrec_recommendations", "recommendations by the path that served them",
@@ -75,7 +79,13 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        status = 500  # if the app raises before answering, the server answers 500
+        status, disconnected = None, False
+
+        async def receive_and_watch():
+            nonlocal disconnected
+            message = await receive()
+            disconnected = disconnected or message["type"] == "http.disconnect"
+            return message
 
         async def send_and_record(message):
             nonlocal status
@@ -84,14 +94,18 @@ class MetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive_and_watch, send_and_record)
         finally:
             template = getattr(scope.get("route"), "path", None) or self._match(scope)
             m = self.metrics
-            m.requests.labels(method=scope["method"], route=template, status=str(status)).inc()
-            m.latency.labels(route=template).observe(time.perf_counter() - start)
-            if status >= 400:
-                m.errors.labels(route=template, status=str(status)).inc()
+            if status is None and disconnected:  # nobody to answer: no status was, or will be, sent
+                m.disconnects.labels(method=scope["method"], route=template).inc()
+            else:
+                status = 500 if status is None else status  # raised, or returned without answering: a 500
+                m.requests.labels(method=scope["method"], route=template, status=str(status)).inc()
+                m.latency.labels(route=template).observe(time.perf_counter() - start)
+                if status >= 400:
+                    m.errors.labels(route=template, status=str(status)).inc()
 
     def _match(self, scope) -> str:
         from starlette.routing import Match

@@ -72,7 +72,7 @@ class RecommendationService:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.holder = StateHolder(cfg.artifacts, cfg.user_cache_size, prepare=self._prepare,
-                                  precompute_users=cfg.precompute_user_vectors)
+                                  precompute_users=cfg.precompute_user_vectors, development=cfg.development)
         self.components = components
         self.component_status = self._initial_component_status(components)
         self.batcher = None

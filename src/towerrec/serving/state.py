@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from towerrec.artifact import Artifact
+from towerrec.artifact import Artifact, ArtifactError
 from towerrec.artifact.format import MANIFEST
+from towerrec.data.privacy import ENV_VAR as SECRET_ENV
 from towerrec.data.schema import CATEGORY_SEP
 from towerrec.index import describe
 from towerrec.retrieval import Retriever
@@ -95,13 +96,21 @@ class ServiceState:
 
     @classmethod
     def load(cls, path: str | Path, user_cache_size: int = 10000, warm: bool = True,
-             precompute_users: bool = False, batch_size: int = 64) -> "ServiceState":
+             precompute_users: bool = False, batch_size: int = 64, development: bool = False) -> "ServiceState":
         """Load, verify and warm an artifact; raises ArtifactError / FileNotFoundError naming the bad file.
 
         `precompute_users`: embed every known user's stored history now (batched) into the user-vector cache,
-        so requests for known users skip the user tower (the cache must be large enough to hold them)."""
+        so requests for known users skip the user tower (the cache must be large enough to hold them).
+        `development`: serve an artifact whose user pseudonyms came from the development key (else refused)."""
         start = time.perf_counter()
-        state = cls(Artifact.load(path, verify=True), user_cache_size)
+        artifact = Artifact.load(path, verify=True)
+        data = artifact.manifest.get("data")
+        if not development and isinstance(data, dict) and data.get("development_key") is True:
+            raise ArtifactError(f"{artifact.path / MANIFEST}: its user pseudonyms come from the development key "
+                                "(data.development_key), which anyone can recompute; export it again with "
+                                f"data.user_id_secret or ${SECRET_ENV} set, or pass development=true to serve it "
+                                "for a development run")
+        state = cls(artifact, user_cache_size)
         art = state.artifact
         users = {}
         if art.has_users:
@@ -155,10 +164,12 @@ class StateHolder:
     """The current ServiceState behind one reference, swapped whole."""
 
     def __init__(self, path: str | Path, user_cache_size: int = 10000,
-                 prepare: Callable[[ServiceState], None] | None = None, precompute_users: bool = False):
+                 prepare: Callable[[ServiceState], None] | None = None, precompute_users: bool = False,
+                 development: bool = False):
         self.path = str(path)
         self.user_cache_size = user_cache_size
         self.precompute_users = precompute_users
+        self.development = development  # ServiceState.load: serve development-key pseudonyms
         self.prepare = prepare  # finishes a loaded state (e.g. its explainer) before it is swapped in
         self.current: ServiceState | None = None
         self.error: str | None = None  # why the first load failed
@@ -177,7 +188,7 @@ class StateHolder:
             raise ReloadInProgress("a reload is already in progress; try again when it has finished")
         try:
             state = ServiceState.load(path or self.path, self.user_cache_size,
-                                      precompute_users=self.precompute_users)
+                                      precompute_users=self.precompute_users, development=self.development)
             if self.prepare is not None:
                 self.prepare(state)
             self.current = state  # the swap: one reference assignment

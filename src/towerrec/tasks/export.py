@@ -12,7 +12,9 @@ from omegaconf import DictConfig
 
 from towerrec import evaluation
 from towerrec.artifact import Artifact, export_artifact, set_metrics
+from towerrec.data import privacy
 from towerrec.data.load import load_split
+from towerrec.data.schema import DataError
 from towerrec.data.text import TextConfig, render_items
 from towerrec.model.build import build_two_tower
 from towerrec.retrieval import evaluate_artifact
@@ -24,6 +26,24 @@ log = logging.getLogger(__name__)
 
 def _out_dir(cfg: DictConfig, out_dir) -> Path:
     return Path(out_dir or to_plain(cfg.get("export")).get("dir") or Path(cfg.paths.output_dir) / "artifact")
+
+
+def development_key(cfg: DictConfig) -> bool:
+    """Whether the run's user pseudonyms come from the development key (recorded in the artifact manifest).
+
+    Refuses (DataError) unless this is a development run: synthetic data (its users are fake), `+development=true`
+    or `export.allow_development_key=true`. Reads the config alone, so a run can call it before training."""
+    data = to_plain(cfg.data)
+    if not privacy.uses_development_key(data.get("user_id_secret")):
+        return False
+    if (data.get("kind") == "synthetic" or cfg.get("development")
+            or to_plain(cfg.get("export")).get("allow_development_key")):
+        return True
+    env = privacy.ENV_VAR
+    raise DataError(f"neither data.user_id_secret nor ${env} is set, so the exported pseudonyms of the users of the "
+                    f"{data.get('kind')!r} data would come from the development key that anyone can recompute; set "
+                    f"data.user_id_secret or ${env}, or pass +development=true / export.allow_development_key=true "
+                    "for a development run")
 
 
 def export_run(cfg: DictConfig, objects: Mapping, metrics: Mapping | None,
@@ -38,11 +58,13 @@ def export_run(cfg: DictConfig, objects: Mapping, metrics: Mapping | None,
     exp = to_plain(cfg.get("export"))
     if not exp.get("enabled", True):
         return None
+    dev = development_key(cfg)
     return export_artifact(
         _out_dir(cfg, out_dir), objects["module"].model, dm.tokenizer, dm.split, dm.text,
         item_max_length=dm.item_max_length, user_max_length=dm.user_max_length,
         index_cfg=cfg.get("index"), train_cfg=config_dict(cfg), metrics=metrics or {},
         batch_size=int(exp.get("batch_size") or dm.eval_batch_size), progress=bool(exp.get("progress", True)),
+        development_key=dev,
     )
 
 
@@ -52,6 +74,7 @@ def export_checkpoint(cfg: DictConfig, ckpt_path: str | os.PathLike, out_dir: st
     `model` and `text` config; `cfg`'s for checkpoints written before they were stored), load its weights
     (torch.load with weights_only=True), export, and (if `evaluate`) record the artifact's own valid/test
     metrics, computed through the exported files."""
+    dev = development_key(cfg)
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     stored = (checkpoint.get("hyper_parameters") or {}).get("model_config") or {}
     model_cfg = stored.get("model") or to_plain(cfg.model)
@@ -68,7 +91,7 @@ def export_checkpoint(cfg: DictConfig, ckpt_path: str | os.PathLike, out_dir: st
                            item_max_length=dmc["item_max_length"], user_max_length=dmc["user_max_length"],
                            index_cfg=cfg.get("index"), train_cfg={**config_dict(cfg), "ckpt_path": str(ckpt_path)},
                            metrics={}, batch_size=int(exp.get("batch_size") or dmc["eval_batch_size"]),
-                           progress=bool(exp.get("progress", True)))
+                           progress=bool(exp.get("progress", True)), development_key=dev)
     if evaluate:
         metrics = evaluate_artifact(Artifact.load(path), split, cfg.eval, stages=("valid", "test"),
                                     batch_size=int(dmc["eval_batch_size"]))

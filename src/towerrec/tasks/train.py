@@ -18,11 +18,14 @@ from towerrec import evaluation
 from towerrec.baselines import BASELINES, build_baseline
 from towerrec.data.datamodule import RetrievalDataModule
 from towerrec.data.load import load_split
+from towerrec.data.sequences import SequenceDataModule
 from towerrec.data.splits import Split
 from towerrec.data.text import TextConfig, render_items
-from towerrec.model.build import build_two_tower
+from towerrec.model.build import build_sequence, build_two_tower
 from towerrec.model.module import RetrievalModule
-from towerrec.tasks.export import export_only, export_run
+from towerrec.model.sequence_module import SequenceModule
+from towerrec.model.text_vectors import text_vectors
+from towerrec.tasks.export import development_key, export_only, export_run
 from towerrec.tasks.plots import save_figures_after_training
 from towerrec.tasks.rerank import run_rerank
 from towerrec.utils.hydra import instantiate_callbacks, instantiate_loggers, log_wandb_artifact
@@ -45,6 +48,9 @@ def two_tower_from_config(cfg: DictConfig, split: Split):
 def build_module(cfg: DictConfig, model, item_counts, model_config: dict | None = None) -> RetrievalModule:
     """The RetrievalModule around `model`, with the loss, optimizer and evaluation settings of `cfg`."""
     m, loss_cfg = cfg.model, cfg.loss
+    if loss_cfg.get("kind", "inbatch") != "inbatch":
+        raise ValueError(f"loss={loss_cfg.kind} is for the sequence towers (model=sequence); the text two-tower "
+                         "model trains with loss=inbatch")
     return RetrievalModule(
         model, optimizer=hydra.utils.instantiate(m.optimizer),
         scheduler=hydra.utils.instantiate(m.scheduler) if m.get("scheduler") else None,
@@ -55,12 +61,42 @@ def build_module(cfg: DictConfig, model, item_counts, model_config: dict | None 
     )
 
 
+def sequence_from_config(cfg: DictConfig, split: Split):
+    """(SequenceModule, SequenceDataModule, tokenizer or None) from `cfg.model`, `cfg.text` and `cfg.loss`; frozen
+    product text vectors come from the cache under `paths.cache_dir` when an earlier run computed them."""
+    m = to_plain(cfg.model)
+    if m["text_encoder"]["train"] != "frozen":
+        raise ValueError(f"model.text_encoder.train={m['text_encoder']['train']!r}: only 'frozen' is implemented "
+                         "for the sequence towers so far")
+    vectors, tokenizer = None, None
+    if m.get("text", True):
+        te = m["text_encoder"]
+        texts = render_items(split.catalog, TextConfig.from_dict(to_plain(cfg.text)))
+        vectors, tokenizer = text_vectors(m["encoder"], texts, max_length=te["max_length"], pooling=te["pooling"],
+                                          batch_size=te["batch_size"], cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+    L.seed_everything(cfg.seed, workers=True)  # the towers' initial weights do not depend on the cache
+    model = build_sequence(m, vectors, split.num_items, split.item_counts())
+    loss_cfg = cfg.loss
+    module = SequenceModule(
+        model, optimizer=hydra.utils.instantiate(cfg.model.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
+        temperature=loss_cfg.temperature, learn_temperature=loss_cfg.learn_temperature,
+        loss=loss_cfg.get("kind", "inbatch"), log_q_correction=loss_cfg.log_q_correction,
+        item_counts=split.item_counts(), eval_config=evaluation.EvalConfig.from_any(cfg.eval), seed=cfg.seed,
+        model_config={"model": m, "text": to_plain(cfg.text)})
+    datamodule = SequenceDataModule(split, max_len=m["max_len"], seed=cfg.seed, **m["datamodule"])
+    return module, datamodule, tokenizer
+
+
 def fit_two_tower(cfg: DictConfig, split: Split, loggers: list, run_dir: Path):
     """Build towers, data and trainer from config; fit; validate and test the best checkpoint."""
-    model, tokenizer, text, model_config = two_tower_from_config(cfg, split)
-    datamodule = RetrievalDataModule(split, tokenizer, text, uniform_negatives=cfg.loss.uniform_negatives,
-                                     seed=cfg.seed, cache_dir=cfg.paths.cache_dir, **cfg.model.datamodule)
-    module = build_module(cfg, model, split.item_counts(), model_config)
+    if cfg.model.kind == "sequence":
+        module, datamodule, tokenizer = sequence_from_config(cfg, split)
+    else:
+        model, tokenizer, text, model_config = two_tower_from_config(cfg, split)
+        datamodule = RetrievalDataModule(split, tokenizer, text, uniform_negatives=cfg.loss.uniform_negatives,
+                                         seed=cfg.seed, cache_dir=cfg.paths.cache_dir, **cfg.model.datamodule)
+        module = build_module(cfg, model, split.item_counts(), model_config)
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
@@ -74,11 +110,9 @@ def fit_two_tower(cfg: DictConfig, split: Split, loggers: list, run_dir: Path):
     log.info("evaluating checkpoint %s", ckpt or "(last weights)")
     trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
     trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and tokenizer is not None:
         tokenizer.save_pretrained(run_dir / "tokenizer")
-    metrics = {**evaluation.prefix(module.eval_metrics["valid"], "val"),
-               **evaluation.prefix(module.eval_metrics["test"], "test"),
-               "train/seconds": train_seconds, "train/epochs": float(trainer.current_epoch)}
+    metrics = {**module.run_metrics(), "train/seconds": train_seconds, "train/epochs": float(trainer.current_epoch)}
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "best_ckpt": ckpt}
 
 
@@ -93,6 +127,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         return export_only(cfg)
     if stage == "rerank":  # LoRA fine-tune + evaluate the LM reranker (artifact=PATH)
         return run_rerank(cfg)
+    if cfg.model.kind == "two_tower" and cfg.export.enabled:
+        development_key(cfg)  # refuses real data without a user-id secret before hours of training, not after
     split = load_split(to_plain(cfg.data))
     loggers = instantiate_loggers(cfg.get("logger"))
     start = time.perf_counter()
@@ -105,7 +141,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
             lg.log_metrics(metrics)
     else:
         metrics, objects = fit_two_tower(cfg, split, loggers, run_dir)
-        if objects["trainer"].is_global_zero and cfg.export.enabled:
+        if cfg.model.kind == "sequence" and cfg.export.enabled:
+            log.warning("the sequence towers cannot be exported yet: no serving artifact for this run")
+        elif objects["trainer"].is_global_zero and cfg.export.enabled:
             objects["artifact"] = export_run(cfg, objects, metrics)
             log.info("exported the serving artifact to %s", objects["artifact"])
     metrics["time/seconds"] = time.perf_counter() - start

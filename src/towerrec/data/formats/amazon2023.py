@@ -19,7 +19,7 @@ from towerrec.data.io import (
     read_jsonl,
     require_file,
 )
-from towerrec.data.schema import CATALOG_COLUMNS, BadRows, DataError, Dataset
+from towerrec.data.schema import CATALOG_COLUMNS, MAX_BAD_ROW_SHARE, BadRows, DataError, Dataset, quoted
 
 
 def _join_text(value: object, sep: str) -> str:
@@ -37,15 +37,25 @@ def _scalar_id(value: object) -> str:
 
 
 def _scalar_int(value: object) -> int | None:
+    """An integer an int64 can hold, from an int, an integral float or a string of digits; else None."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int):
-        return value
     if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value == int(value) else None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    return None
+        value = int(value) if math.isfinite(value) and value == int(value) else None
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    return value if isinstance(value, int) and -(2**63) <= value < 2**63 else None
+
+
+def _scalar_float(value: object) -> float | None:
+    """A finite float from an int or a float (not a bool); else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _amazon_meta(path: Path, bad: BadRows) -> pd.DataFrame:
@@ -58,9 +68,9 @@ def _amazon_meta(path: Path, bad: BadRows) -> pd.DataFrame:
         if not item_id:
             bad(path, line, "missing item id (parent_asin)")
         elif not title:
-            bad(path, line, f"item {item_id!r} has an empty title")
+            bad(path, line, f"item {quoted(item_id)} has an empty title")
         elif item_id in seen:
-            bad(path, line, f"duplicate item id {item_id!r}")
+            bad(path, line, f"duplicate item id {quoted(item_id)}")
         else:
             seen.add(item_id)
             categories = obj.get("categories")
@@ -76,6 +86,7 @@ def _amazon_meta(path: Path, bad: BadRows) -> pd.DataFrame:
                 str(path),
                 line,
             ))
+    bad.rows_read(path, len(records))
     columns = list(CATALOG_COLUMNS) + ["features", *PROVENANCE]
     return pd.DataFrame.from_records(records, columns=columns)
 
@@ -85,22 +96,23 @@ def _amazon_reviews(path: Path, known: set[str], bad: BadRows) -> pd.DataFrame:
     for line, obj in read_jsonl(path, bad):
         user, item = _scalar_id(obj.get("user_id")), _scalar_id(obj.get("parent_asin"))
         ts = _scalar_int(obj.get("timestamp"))
-        rating = obj.get("rating")
+        rating, score = obj.get("rating"), _scalar_float(obj.get("rating"))
         if not user:
             bad(path, line, "missing user id")
         elif not item:
             bad(path, line, "missing item id (parent_asin)")
         elif item not in known:
-            bad(path, line, f"unknown item {item!r} (not in the meta file)")
+            bad(path, line, f"unknown item {quoted(item)} (not in the meta file)")
         elif ts is None:
-            bad(path, line, f"timestamp {obj.get('timestamp')!r} is not an integer (milliseconds)")
-        elif rating is not None and (isinstance(rating, bool) or not isinstance(rating, (int, float))):
-            bad(path, line, f"rating {rating!r} is not a number")
+            bad(path, line, f"timestamp {quoted(obj.get('timestamp'))} is not a 64-bit integer (milliseconds)")
+        elif rating is not None and score is None:
+            bad(path, line, f"rating {quoted(rating)} is not a finite number")
         else:
             users.append(user)
             items.append(item)
             times.append(ts)
-            ratings.append(math.nan if rating is None else float(rating))
+            ratings.append(math.nan if score is None else score)
+    bad.rows_read(path, len(users))
     return pd.DataFrame(
         {
             "user_id": pd.Series(users, dtype=object),
@@ -119,13 +131,14 @@ def load_amazon2023(
     on_bad_rows: str = "error",
     user_id_secret: str | None = None,
     max_text_chars: int = 2000,
+    max_bad_row_share: float = MAX_BAD_ROW_SHARE,
 ) -> Dataset:
     """Amazon Reviews 2023 JSONL (plain or gzip): reviews (user_id, parent_asin, rating, timestamp in
     ms) and item meta (parent_asin, title, features, description, categories, store, price).
 
     A review of an item missing from the meta file is a bad row (file:line).
     """
-    bad = check_options(on_bad_rows, max_text_chars)
+    bad = check_options(on_bad_rows, max_text_chars, max_bad_row_share)
     reviews_path, meta_path = Path(reviews_path).expanduser(), Path(meta_path).expanduser()
     require_file(reviews_path)
     items = _amazon_meta(meta_path, bad)

@@ -27,7 +27,7 @@ from towerrec.data.io import (
     validate_events,
     validate_items,
 )
-from towerrec.data.schema import BadRows, DataError, Dataset, where
+from towerrec.data.schema import MAX_BAD_ROW_SHARE, BadRows, DataError, Dataset, quoted, where
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _read_atomic(path: Path, bad: BadRows) -> tuple[pd.DataFrame, dict[str, str]
     for field in header[1].split("\t"):
         col, _, kind = field.strip().partition(":")
         if not col or col in types:
-            raise DataError(f"{where(path, header[0])}: bad header field {field!r} (expected unique 'name:type')")
+            raise DataError(f"{where(path, header[0])}: bad header field {quoted(field)} (expected unique 'name:type')")
         types[col] = kind or "token"
     width = len(types)
     rows, numbers = [], []
@@ -58,6 +58,7 @@ def _read_atomic(path: Path, bad: BadRows) -> tuple[pd.DataFrame, dict[str, str]
             continue
         rows.append(fields)
         numbers.append(number)
+    bad.rows_read(path, len(rows))
     return frame(rows, list(types), path, numbers), types
 
 
@@ -149,10 +150,11 @@ def _read_index(path: Path, bad: BadRows) -> dict[str, str]:
         if not raw or not index:
             bad(path, number, "missing id or index")
         elif index in by_index or raw in seen_raw:
-            bad(path, number, f"duplicate id {raw!r} or index {index!r}")
+            bad(path, number, f"duplicate id {quoted(raw)} or index {quoted(index)}")
         else:
             by_index[index] = raw
             seen_raw.add(raw)
+    bad.rows_read(path, len(by_index))
     return by_index
 
 
@@ -186,10 +188,10 @@ def _read_split_rows(
         elif -1 in positions:
             token = tokens[positions.index(-1)]
             if item_index is not None and token not in item_index:
-                bad(path, line, f"item index {token!r} is not in the item2index file")
+                bad(path, line, f"item index {quoted(token)} is not in the item2index file")
             else:
                 raw = item_index[token] if item_index is not None else token
-                bad(path, line, f"unknown item {raw!r} (not in the catalog)")
+                bad(path, line, f"unknown item {quoted(raw)} (not in the catalog)")
         else:
             rows[user].append(_SplitRow(stage, file, int(line), tuple(positions[:-1]), positions[-1]))
     return rows
@@ -268,7 +270,7 @@ def _recbole_presplit(
     for token, user_rows in rows.items():
         if user_index is not None and token not in user_index:
             first = min(user_rows, key=lambda r: (r.file, r.line))
-            bad(first.file, first.line, f"user index {token!r} is not in {user_index_path.name}")
+            bad(first.file, first.line, f"user index {quoted(token)} is not in {user_index_path.name}")
             continue
         seq = _rebuild_sequence(user_rows, cap, bad)
         if seq is not None:
@@ -302,6 +304,7 @@ def load_recbole(
     on_bad_rows: str = "error",
     user_id_secret: str | None = None,
     max_text_chars: int = 2000,
+    max_bad_row_share: float = MAX_BAD_ROW_SHARE,
 ) -> Dataset:
     """RecBole atomic files `path/NAME.*`.
 
@@ -311,7 +314,7 @@ def load_recbole(
     ("title. categories. brand. "). For pre-split data each user's full sequence is rebuilt and
     timestamps are sequence positions, so `leave_last_out` reproduces the file's valid/test rows.
     """
-    bad = check_options(on_bad_rows, max_text_chars)
+    bad = check_options(on_bad_rows, max_text_chars, max_bad_row_share)
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise DataError(f"{directory}: no such directory (expected RecBole files {name}.inter, {name}.text, ...)")

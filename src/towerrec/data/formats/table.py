@@ -22,7 +22,7 @@ from towerrec.data.io import (
     validate_events,
     validate_items,
 )
-from towerrec.data.schema import CATALOG_COLUMNS, DataError, Dataset
+from towerrec.data.schema import CATALOG_COLUMNS, MAX_BAD_ROW_SHARE, DataError, Dataset, quoted
 
 _TABLE_ITEM_FIELDS = CATALOG_COLUMNS
 _TABLE_EVENT_FIELDS = ("user_id", "item_id", "timestamp", *EVENT_OPTIONAL)
@@ -42,9 +42,9 @@ def _pick_columns(
         elif field in present and field not in columns.values():
             chosen[field] = field
         elif field in required:
-            hint = f"column {source!r}" + (f" (mapped from data.columns.{field})" if field in columns else "")
+            hint = f"column {quoted(source)}" + (f" (mapped from data.columns.{field})" if field in columns else "")
             raise DataError(
-                f"{path}: no {hint} for the required field {field!r}; the file has columns {present} "
+                f"{path}: no {hint} for the required field {field!r}; the file has columns {quoted(present, 200)} "
                 f"(set data.columns.{field} to the right column name)"
             )
     out = pd.DataFrame({field: df[source] for field, source in chosen.items()}, index=df.index)
@@ -63,6 +63,7 @@ def load_table(
     on_bad_rows: str = "error",
     user_id_secret: str | None = None,
     max_text_chars: int = 2000,
+    max_bad_row_share: float = MAX_BAD_ROW_SHARE,
 ) -> Dataset:
     """A catalog table and an interactions table, CSV/TSV (optionally gzip) or Parquet by extension.
 
@@ -72,11 +73,11 @@ def load_table(
     timestamp, rating and event. Timestamps are integers (kept), fractional numbers or ISO-8601
     datetimes (both become epoch milliseconds).
     """
-    bad = check_options(on_bad_rows, max_text_chars)
+    bad = check_options(on_bad_rows, max_text_chars, max_bad_row_share)
     columns = dict(columns or {})
     unknown = sorted(set(columns) - set(TABLE_FIELDS))
     if unknown:
-        raise DataError(f"data.columns: unknown field(s) {unknown}; the fields are {list(TABLE_FIELDS)}")
+        raise DataError(f"data.columns: unknown field(s) {quoted(unknown)}; the fields are {list(TABLE_FIELDS)}")
     not_names = [k for k, v in columns.items() if not isinstance(v, str) or not v]
     if not_names:
         raise DataError(f"data.columns: field(s) {not_names} must map to a column name (a non-empty string)")

@@ -1,0 +1,91 @@
+"""LightningDataModule for the sequence towers: item-position windows, every slot predicting the next item.
+
+Training sequences (each user's items before the validation target) are cut from their newest end into windows
+of `max_len + 1` items (consecutive windows share one item, so every transition is used once); a window gives
+inputs = items[:-1] and targets = items[1:], right-aligned with -1 padding on the left. Validation and test
+batches carry one right-aligned history window per user (`example_idx` says which example).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from towerrec.data.splits import Split
+
+
+def right_aligned(histories: Sequence[np.ndarray], length: int) -> np.ndarray:
+    """(B, L) int64 windows of the newest `length` items of each history (oldest first), -1 on the left."""
+    out = np.full((len(histories), length), -1, dtype=np.int64)
+    for row, h in enumerate(histories):
+        h = np.asarray(h, dtype=np.int64)[len(h) - length :] if len(h) > length else np.asarray(h, dtype=np.int64)
+        if len(h):
+            out[row, length - len(h) :] = h
+    return out
+
+
+def training_windows(sequences: Sequence[np.ndarray], max_len: int) -> np.ndarray:
+    """(W, max_len + 1) windows cut from the newest end of each sequence of at least two items."""
+    windows = []
+    for seq in sequences:
+        seq = np.asarray(seq, dtype=np.int64)
+        stop = len(seq)
+        while stop >= 2:
+            start = max(0, stop - max_len - 1)
+            windows.append(seq[start:stop])
+            stop = start + 1  # the next window ends with this one's first item: each transition once
+            if start == 0:
+                break
+    return right_aligned(windows, max_len + 1) if windows else np.zeros((0, max_len + 1), np.int64)
+
+
+class SequenceDataModule(L.LightningDataModule):
+    def __init__(self, split: Split, max_len: int = 50, batch_size: int = 128, eval_batch_size: int = 512,
+                 seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.split, self.max_len, self.seed = split, max_len, seed
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self._prepared = False
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._prepared:
+            return
+        windows = training_windows(self.split.train_sequences(), self.max_len)  # (W, L + 1)
+        inputs, targets = windows[:, :-1], windows[:, 1:].copy()
+        targets[inputs < 0] = -1  # a padded slot predicts nothing
+        self.train_inputs, self.train_targets = inputs, targets
+        self.eval_examples = {s: self.split.examples(s) for s in ("valid", "test")}
+        self.eval_windows = {s: right_aligned(ex.histories, self.max_len) for s, ex in self.eval_examples.items()}
+        self._prepared = True
+
+    def train_dataloader(self) -> DataLoader:
+        data = torch.utils.data.TensorDataset(torch.from_numpy(self.train_inputs), torch.from_numpy(self.train_targets))
+        generator = torch.Generator().manual_seed(self.seed + (self.trainer.current_epoch if self.trainer else 0))
+        return DataLoader(data, batch_size=self.batch_size, shuffle=True, generator=generator,
+                          num_workers=self.num_workers, collate_fn=_collate_train)
+
+    def _eval_loader(self, stage: str) -> DataLoader:
+        windows = torch.from_numpy(self.eval_windows[stage])
+        data = torch.utils.data.TensorDataset(torch.arange(len(windows)), windows)
+        return DataLoader(data, batch_size=self.eval_batch_size, collate_fn=_collate_eval,
+                          num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+
+def _collate_train(rows) -> dict:
+    inputs, targets = zip(*rows)
+    return {"inputs": torch.stack(inputs), "targets": torch.stack(targets)}  # (B, L) each
+
+
+def _collate_eval(rows) -> dict:
+    idx, windows = zip(*rows)
+    return {"example_idx": torch.stack(idx), "windows": torch.stack(windows)}  # (B,), (B, L)

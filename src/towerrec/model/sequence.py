@@ -1,0 +1,138 @@
+"""The sequence towers: a product tower over frozen text vectors (+ optional item ids), and a user tower that
+reads the history as a sequence of those product vectors through a small causal transformer.
+
+Item indices are catalog positions 0..N-1; -1 is padding. Histories are right-aligned windows of length L (the
+newest item in the last slot, older items before it, padding on the left), so a position embedding is the
+distance back from the newest item: the same for a history whatever window it is padded into.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ADAPTERS = ("linear", "mlp")
+
+
+class ItemEncoder(nn.Module):
+    """Product vectors: adapter(frozen text vector) [+ learned item-id embedding], L2-normalised.
+
+    `text_vectors` (N, H) or None (id-only: a SASRec-style item table). With text, the id embedding covers only
+    products seen in training (`item_counts` > 0); the others, and products added later, are text alone."""
+
+    def __init__(self, text_vectors: np.ndarray | None, dim: int, *, num_items: int | None = None,
+                 adapter: str = "linear", item_ids: bool = False, item_counts: np.ndarray | None = None):
+        super().__init__()
+        if adapter not in ADAPTERS:
+            raise ValueError(f"model.adapter must be one of {ADAPTERS}, got {adapter!r}")
+        if text_vectors is None and not item_ids:
+            raise ValueError("a product tower needs text vectors, item ids, or both")
+        self.num_items = len(text_vectors) if text_vectors is not None else int(num_items)
+        self.dim = dim
+        self.adapter = None
+        if text_vectors is not None:
+            self.register_buffer("text", torch.as_tensor(np.asarray(text_vectors), dtype=torch.float32))  # (N, H)
+            hidden = self.text.shape[1]
+            self.adapter = nn.Linear(hidden, dim)
+            if hidden == dim:  # start from the text encoder's own space
+                nn.init.eye_(self.adapter.weight)
+            nn.init.zeros_(self.adapter.bias)
+            self.mlp = None
+            if adapter == "mlp":  # a residual two-layer refinement on top of the linear map
+                self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+                nn.init.zeros_(self.mlp[2].weight)
+                nn.init.zeros_(self.mlp[2].bias)
+        self.ids = None
+        if item_ids:
+            seen = np.ones(self.num_items, bool) if text_vectors is None or item_counts is None \
+                else np.asarray(item_counts) > 0
+            rows = np.zeros(self.num_items, dtype=np.int64)  # row 0: no id vector (unseen), zero, never trained
+            rows[seen] = np.arange(1, seen.sum() + 1)
+            self.register_buffer("id_rows", torch.from_numpy(rows))
+            self.ids = nn.Embedding(int(seen.sum()) + 1, dim, padding_idx=0)
+            nn.init.normal_(self.ids.weight, std=0.02 if text_vectors is not None else 1.0 / dim ** 0.5)
+            with torch.no_grad():
+                self.ids.weight[0].zero_()
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """(...,) catalog positions (>= 0) -> (..., D) unit vectors."""
+        out = 0
+        if self.adapter is not None:
+            out = self.adapter(self.text[idx])  # (..., D)
+            if self.mlp is not None:
+                out = out + self.mlp(out)
+        if self.ids is not None:
+            out = out + self.ids(self.id_rows[idx])  # (..., D)
+        return F.normalize(out, dim=-1)
+
+    def all(self) -> torch.Tensor:
+        """(N, D) vectors of the whole catalog."""
+        return self(torch.arange(self.num_items, device=self._device()))
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def attention_mask(real: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B * heads, L, L) bool, True = may not attend: later slots (causal) and padding, except a slot's own,
+    so that a padded slot still attends to something (its output is finite and never used)."""
+    b, length = real.shape
+    future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=real.device), diagonal=1)  # (L, L)
+    padded_key = ~real[:, None, :]  # (B, 1, L)
+    own = torch.eye(length, dtype=torch.bool, device=real.device)  # (L, L)
+    blocked = future[None] | (padded_key & ~own[None])  # (B, L, L)
+    return blocked.repeat_interleave(heads, dim=0)  # (B * heads, L, L)
+
+
+class SequenceUserTower(nn.Module):
+    """History item vectors + position embeddings -> causal transformer -> per-slot user vectors (L2 norm)."""
+
+    def __init__(self, dim: int, max_len: int, *, layers: int = 2, heads: int = 2, dropout: float = 0.1,
+                 ff_mult: int = 4):
+        super().__init__()
+        self.dim, self.max_len, self.heads = dim, max_len, heads
+        self.positions = nn.Embedding(max_len, dim)  # slot max_len - 1 is the newest item
+        nn.init.normal_(self.positions.weight, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, ff_mult * dim, dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.projection = nn.Linear(dim, dim)
+        nn.init.eye_(self.projection.weight)
+        nn.init.zeros_(self.projection.bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, item_vectors: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """item_vectors (B, L, D), real (B, L) bool (False = padding) -> (B, L, D): slot t sees slots <= t."""
+        length = item_vectors.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"a history window of {length} items is longer than model.max_len={self.max_len}")
+        x = item_vectors * real[..., None] + self.positions.weight[self.max_len - length :]  # (B, L, D)
+        x = self.transformer(self.dropout(x), mask=attention_mask(real, self.heads))  # (B, L, D)
+        return F.normalize(self.projection(self.norm(x)), dim=-1)
+
+
+class SequenceRecommender(nn.Module):
+    """The product tower and the sequence user tower over it (shared item vectors)."""
+
+    def __init__(self, items: ItemEncoder, users: SequenceUserTower):
+        super().__init__()
+        if items.dim != users.dim:
+            raise ValueError(f"product vectors of {items.dim} dims for a user tower of width {users.dim}")
+        self.items, self.users = items, users
+
+    @property
+    def dim(self) -> int:
+        return self.items.dim
+
+    def user_states(self, windows: torch.Tensor) -> torch.Tensor:
+        """(B, L) catalog positions, -1 = padding -> (B, L) per-slot user vectors (B, L, D)."""
+        real = windows >= 0  # (B, L)
+        return self.users(self.items(windows.clamp_min(0)), real)
+
+    def embed_users(self, windows: torch.Tensor) -> torch.Tensor:
+        """(B, L) right-aligned histories -> (B, D): the newest slot's vector."""
+        return self.user_states(windows)[:, -1]
+

@@ -1,0 +1,42 @@
+"""experiment=tiny composes with every model, and the baselines run on it through `train(cfg)`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+MODELS = ["two_tower", "popularity", "itemknn", "zeroshot"]
+BASELINES = ["popularity", "itemknn", "zeroshot"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_tiny_experiment_composes_with_every_model(compose_cfg, tmp_path, model):
+    cfg = compose_cfg(["experiment=tiny", f"model={model}"], tmp_path / "run")
+    assert cfg.model.kind == model
+    assert (cfg.data.num_items, cfg.data.num_users, list(cfg.tags)) == (300, 400, ["tiny"])
+    assert cfg.trainer.max_epochs == 2
+    if model in ("two_tower", "zeroshot"):  # the tiny random-init encoder replaces MiniLM
+        assert set(cfg.model.encoder) == {"random_init"}
+        assert cfg.model.encoder.random_init.hidden_size == 32
+
+
+def test_tiny_experiment_is_the_two_tower_model_by_default(compose_cfg, tmp_path):
+    default = compose_cfg(["experiment=tiny"], tmp_path / "run")
+    explicit = compose_cfg(["experiment=tiny", "model=two_tower"], tmp_path / "run")
+    assert OmegaConf.to_yaml(default) == OmegaConf.to_yaml(explicit)
+    assert default.model.freeze_layers == 0 and default.model.optimizer.lr == 3e-3
+
+
+@pytest.mark.parametrize("model", BASELINES)
+def test_baselines_train_on_the_tiny_experiment(compose_cfg, tmp_path, model):
+    from towerrec.tasks.train import train
+
+    run_dir = tmp_path / "run"
+    metrics, objects = train(compose_cfg(["experiment=tiny", f"model={model}", "logger=none", "plots=false"], run_dir))
+    assert json.loads((run_dir / "metrics.json").read_text()) == pytest.approx(metrics)
+    assert metrics["test/num_users"] == len(objects["split"].users) > 0
+    assert objects["split"].num_items == 300
+    assert 0.0 <= metrics["test/ndcg@10"] <= 1.0 and 0.0 < metrics["test/coverage@10"] <= 1.0
+    assert not (run_dir / "checkpoints").exists()  # nothing is trained
