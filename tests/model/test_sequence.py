@@ -1,5 +1,6 @@
 """The sequence towers: causal and padding-blind user vectors, batched = one by one, the frozen text-vector cache,
-the full-catalog loss by hand, training windows, and the presets running end to end on the tiny setting."""
+the full-catalog loss by hand, training windows, and the presets running (and exporting) end to end on the tiny
+setting."""
 
 from __future__ import annotations
 
@@ -115,14 +116,14 @@ def test_training_windows_use_every_transition_once():
 
 def test_text_vector_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     texts = ["red boots", "blue bag", "green tent"]
-    first, _ = tv.text_vectors(TINY_ENCODER, texts, max_length=8, cache_dir=tmp_path, progress=False)
+    first, _, _ = tv.text_vectors(TINY_ENCODER, texts, max_length=8, cache_dir=tmp_path, progress=False)
     assert first.shape == (3, 16) and len(list(tmp_path.glob("textvec-*.npy"))) == 1
 
     def fail(*args, **kwargs):
         raise AssertionError("recomputed although the cache holds these vectors")
 
     monkeypatch.setattr(tv, "compute_text_vectors", fail)
-    again, _ = tv.text_vectors(TINY_ENCODER, texts, max_length=8, cache_dir=tmp_path, progress=False)
+    again, _, _ = tv.text_vectors(TINY_ENCODER, texts, max_length=8, cache_dir=tmp_path, progress=False)
     np.testing.assert_array_equal(again, first)
     monkeypatch.undo()
     key = tv.cache_key(TINY_ENCODER, "mean", 8, texts)
@@ -162,4 +163,11 @@ def test_presets_compose_and_train_on_the_tiny_setting(preset, loss, tmp_path):
     assert (module.model.items.ids is not None) == (preset != "sequence")
     for key in ("val/ndcg@10", "test/recall@10", "test_kept/ndcg@10", "val_kept/recall@10"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert metrics["test_kept/recall@50"] >= 0 and "artifact" not in objects
+    assert metrics["test_kept/recall@50"] >= 0
+    # every preset exports (tests/artifact/test_sequence_export.py checks the artifact itself)
+    from towerrec.artifact import Artifact
+
+    art = Artifact.load(objects["artifact"])
+    assert art.kind == "sequence" and art.has_text_path == (preset != "sasrec")
+    assert art.manifest["model"]["item_ids"] == (preset != "sequence")
+    assert art.manifest["metrics"]["test/ndcg@10"] == metrics["test/ndcg@10"]

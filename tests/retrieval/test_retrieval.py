@@ -109,6 +109,23 @@ def test_embed_user_is_the_user_tower_on_the_training_text(retriever, trained, s
     assert vec.shape == (12,) and np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_embed_histories_is_user_text_then_embed_texts_bit_for_bit(retriever, split):
+    """The one generic path (embed_user, recommend and the harness use it) is today's text path exactly."""
+    histories = split.examples("test").histories[:7] + [np.array([], dtype=np.int64), np.array([-1, 2])]
+    texts = [None, "red running shoes", None, "  ", "a tent", None, None, "blue socks", None]
+    for batch_size in (None, 4):
+        np.testing.assert_array_equal(
+            retriever.embed_histories(histories, batch_size=batch_size),
+            retriever.embed_texts([retriever.user_text(h) for h in histories], batch_size))
+        np.testing.assert_array_equal(
+            retriever.embed_histories(histories, texts, batch_size=batch_size),
+            retriever.embed_texts([retriever.user_text(h, t) for h, t in zip(histories, texts)], batch_size))
+    assert not retriever.is_sequence and retriever.artifact.kind == "two_tower"
+    assert retriever.artifact.manifest["model"] == {"kind": "two_tower"}
+    with pytest.raises(ValueError, match="2 texts for 9 histories"):
+        retriever.embed_histories(histories, texts[:2])
+
+
 def test_free_text_is_rendered_first_within_the_budget(retriever, split):
     ids = split.catalog.item_ids[[1, 2]].tolist()
     positions = retriever.history_positions(ids)

@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             art = Artifact.load(args.artifact, verify=True)
             checked = art.check()
             m = art.manifest
-            print(f"ok: {art.path}: {art.num_items} items, dim {art.dim}, index {m['index']['factory']} "
+            print(f"ok: {art.path}: {art.num_items} items, dim {art.dim}, model {art.kind}, index {m['index']['factory']} "
                   f"({describe(art.index)}, {len(art.parts)} part(s)), {len(checked['towers'])} towers, "
                   f"{checked['users']} known users, {len(m['files'])} files checksummed, "
                   f"schema {m['schema_version']}, data {m.get('data', {}).get('fingerprint')}")

@@ -16,6 +16,19 @@ An artifact is one directory; serving needs nothing else (no training checkpoint
                                   config), the tokenizer files, tower.json (pooling, projection, max_length...)
     users.parquet                 known users' item ids (optional)
 
+The manifest's `model.kind` says which towers these are (absent: `two_tower`, artifacts exported before it):
+
+    two_tower   the text towers above: a user is their history rendered as text (text.json) through the user
+                tower; a product is its text through the product tower (tower.json has no "kind")
+    sequence    the sequence towers (towerrec.model.sequence). item_embeddings.safetensors holds the product
+                vectors the user tower reads for history items, so a history is embedded by lookups and the
+                small transformer alone. user_tower/: tower.json {"kind": "sequence", dim, max_len, layers,
+                heads, ff_mult, dropout} and model.safetensors (no encoder, no tokenizer). item_tower/: what
+                embeds a product or a free-text query from text: tower.json {"kind": "sequence_items", text,
+                dim, pooling, max_length, adapter, ...}, and, when `model.text` is true, model.safetensors (the
+                frozen text encoder + the adapter [and mlp]), config.json and the tokenizer; an id-only model
+                (`model.text` false) has no text path, so products cannot be added and queries not embedded
+
 Every file is listed in manifest.json with its sha256 and size; a file present but not listed is refused, so
 nothing is ever read unverified. The one exception is rerank/, which `stage=rerank` writes into an exported
 artifact later and towerrec.rerank reads with its own loader (its files are verified when they are listed).
@@ -40,6 +53,9 @@ USER_COLUMNS = ("user_id", "items")
 TOWER_DIRS = {"user": "user_tower", "item": "item_tower"}
 TOWER_WEIGHTS, TOWER_META, TOWER_CONFIG = "model.safetensors", "tower.json", "config.json"
 ITEM_COLUMNS = ("row_id", "item_id", "title", "brand", "category", "price", "text", "history_text")
+TWO_TOWER, SEQUENCE = "two_tower", "sequence"  # manifest model.kind
+MODEL_KINDS = (TWO_TOWER, SEQUENCE)
+SEQUENCE_USER, SEQUENCE_ITEMS = "sequence", "sequence_items"  # tower.json kind of a sequence artifact's towers
 
 
 class ArtifactError(ValueError):
@@ -155,6 +171,31 @@ def _check_index(f: Path, index: dict) -> None:
     fields.type("config", dict, "a mapping", required=False)
 
 
+def model_kind(manifest: dict) -> str:
+    """The manifest's model kind (`two_tower` for artifacts exported before it was recorded)."""
+    return (manifest.get("model") or {}).get("kind", TWO_TOWER)
+
+
+def has_text_path(manifest: dict) -> bool:
+    """Whether products and free text can be embedded from text (false only for id-only sequence models)."""
+    return model_kind(manifest) != SEQUENCE or bool(manifest["model"]["text"])
+
+
+def _check_model(f: Path, manifest: dict) -> None:
+    fields = Fields(f, manifest)
+    if not fields.has("model", False):
+        return
+    fields.type("model", dict, "a mapping {kind, ...}")
+    model = Fields(f, manifest["model"], "model.")
+    model.type("kind", str, f"one of {', '.join(MODEL_KINDS)}")
+    if manifest["model"]["kind"] not in MODEL_KINDS:
+        model.fail("kind", f"one of {', '.join(MODEL_KINDS)}")
+    if manifest["model"]["kind"] == SEQUENCE:
+        model.type("text", bool, "true or false")
+        model.type("item_ids", bool, "true or false", required=False)
+        model.int("max_len", 1, required=False)
+
+
 def read_manifest(path: Path) -> dict:
     """manifest.json of the artifact at `path`, with every field that loading and serving rely on checked."""
     f = Path(path) / MANIFEST
@@ -182,6 +223,7 @@ def read_manifest(path: Path) -> dict:
     data = Fields(f, manifest.get("data") or {}, "data.")
     data.type("fingerprint", (str, type(None)), "a string", required=False)
     data.type("development_key", (bool, type(None)), "true, false or null", required=False)  # serving refuses true
+    _check_model(f, manifest)
     fields.type("history", list, "a list", required=False)
     fields.type("created_at", str, "a string", required=False)
     return manifest

@@ -20,6 +20,9 @@ from towerrec.artifact.format import (
     MANIFEST,
     POPULARITY_FILE,
     RERANK_DIR,
+    SEQUENCE,
+    SEQUENCE_ITEMS,
+    SEQUENCE_USER,
     TEXT_FILE,
     TOWER_CONFIG,
     TOWER_DIRS,
@@ -28,14 +31,23 @@ from towerrec.artifact.format import (
     USER_COLUMNS,
     USERS_FILE,
     ArtifactError,
+    has_text_path,
     index_files,
+    model_kind,
     read_json,
     read_manifest,
     reading,
 )
 from towerrec.artifact.items import ItemTable
 from towerrec.artifact.store import aside_path
-from towerrec.artifact.towers import Tower, check_tower_files, load_tower
+from towerrec.artifact.towers import (
+    SequenceItemTower,
+    SequenceTower,
+    Tower,
+    check_tower_files,
+    load_tower,
+    tower_kind,
+)
 from towerrec.data.text import TextConfig
 from towerrec.index import apply_search_params, assemble_shards
 from towerrec.utils.io import sha256_file
@@ -54,7 +66,7 @@ class Artifact:
         self.table = ItemTable(items)
         self.row_ids = self.table.row_ids  # (N,) position -> row id
         self.position_of_item = self.table.item_ids  # item_id -> position (pd.Index.get_indexer)
-        self._towers: dict[str, Tower] = {}
+        self._towers: dict[str, Tower | SequenceTower | SequenceItemTower] = {}
         self._users: dict[str, list[str]] | None = None
 
     @property
@@ -85,6 +97,23 @@ class Artifact:
         return int(self.manifest["dim"])
 
     @property
+    def kind(self) -> str:
+        """The model's kind (manifest model.kind): `two_tower` (text towers) or `sequence`."""
+        return model_kind(self.manifest)
+
+    @property
+    def has_text_path(self) -> bool:
+        """Whether products and free text can be embedded from text (false: an id-only sequence model)."""
+        return has_text_path(self.manifest)
+
+    def require_text_path(self, what: str) -> None:
+        """ArtifactError, one sentence, when this artifact cannot embed text to do `what`."""
+        if not self.has_text_path:
+            raise ArtifactError(f"{self.path}: this artifact's model is id-only (model.text=false), so it has no "
+                                f"text path and cannot {what}; export a sequence model with text "
+                                "(model=sequence or model=sequence_ids) for that")
+
+    @property
     def num_items(self) -> int:
         return len(self.items)
 
@@ -92,36 +121,54 @@ class Artifact:
         """Table positions of row ids (-1 for unknown ids)."""
         return self.table.positions_of_rows(row_ids)
 
-    def tower(self, which: str) -> Tower:
+    def tower(self, which: str) -> Tower | SequenceTower | SequenceItemTower:
         if which not in TOWER_DIRS:
             raise ValueError(f"tower must be 'user' or 'item', got {which!r}")
         if which not in self._towers:
             directory = self.path / TOWER_DIRS[which]
             tower = load_tower(directory)
             if tower.dim != self.dim:
-                raise ArtifactError(f"{directory / TOWER_CONFIG}: the tower computes {tower.dim}-dim vectors but "
+                described = directory / (TOWER_CONFIG if isinstance(tower, Tower) else TOWER_META)
+                raise ArtifactError(f"{described}: the tower computes {tower.dim}-dim vectors but "
                                     f"manifest dim is {self.dim}")
             self._towers[which] = tower
         return self._towers[which]
 
     @property
-    def user_tower(self) -> Tower:
+    def user_tower(self) -> Tower | SequenceTower:
+        """The text user tower (two_tower) or the sequence user tower (sequence)."""
         return self.tower("user")
 
     @property
-    def item_tower(self) -> Tower:
+    def item_tower(self) -> Tower | SequenceItemTower:
+        """The text product tower (two_tower) or the product text path of a sequence model."""
         return self.tower("item")
 
-    def check(self) -> dict:
-        """Load what serving loads beyond `load`: both towers rebuilt, each run on a probe text, and the users
-        table. Returns {"towers": {which: dim}, "users": count}; raises ArtifactError naming the file."""
+    def _probe(self, which: str) -> np.ndarray | None:
+        """The tower `which` run once on a probe: a text (text towers), the first product as a history (the
+        sequence user tower); None for an id-only product tower (nothing to run: its vectors are stored)."""
         probe = str(self.items["text"].iloc[0]) if self.num_items else "probe"
+        tower = self.tower(which)
+        if isinstance(tower, SequenceTower):
+            history = [np.zeros(min(1, self.num_items), dtype=np.int64)]
+            return tower.embed_histories(history, self.embeddings)
+        if isinstance(tower, SequenceItemTower) and not tower.has_text:
+            return None
+        return tower.encode([probe])
+
+    def check(self) -> dict:
+        """Load what serving loads beyond `load`: both towers rebuilt, each run on a probe (a text; a one-item
+        history for a sequence user tower), and the users table. Returns {"towers": {which: dim}, "users":
+        count}; raises ArtifactError naming the file."""
         towers = {}
         for which, rel in TOWER_DIRS.items():
-            with reading(self.path / rel, "cannot encode a probe text"):
-                vec = self.tower(which).encode([probe])
+            with reading(self.path / rel, "cannot encode a probe"):
+                vec = self._probe(which)
+            if vec is None:
+                towers[which] = self.dim
+                continue
             if vec.shape != (1, self.dim) or not np.isfinite(vec).all():
-                raise ArtifactError(f"{self.path / rel}: a probe text encodes to {vec.shape} vectors with "
+                raise ArtifactError(f"{self.path / rel}: a probe encodes to {vec.shape} vectors with "
                                     f"non-finite values or not (1, {self.dim})")
             towers[which] = int(vec.shape[1])
         return {"towers": towers, "users": len(self.users)}
@@ -161,10 +208,18 @@ class Artifact:
             raise ArtifactError(f"{path / POPULARITY_FILE}: counts must be numbers of shape ({n},)")
         with reading(path / TEXT_FILE, "not a text configuration"):
             text = TextConfig.from_dict(read_json(path / TEXT_FILE))
-        for rel in TOWER_DIRS.values():
+        expected = _tower_kinds(manifest)
+        for which, rel in TOWER_DIRS.items():
             meta = check_tower_files(path / rel)
+            if tower_kind(meta) != expected[which]:
+                raise ArtifactError(f"{path / rel / TOWER_META}: a {_kind_name(tower_kind(meta))} in an artifact "
+                                    f"whose manifest model.kind is {model_kind(manifest)!r} (it needs a "
+                                    f"{_kind_name(expected[which])})")
             if meta["dim"] != dim:
                 raise ArtifactError(f"{path / rel / TOWER_META}: dim {meta['dim']} != manifest dim {dim}")
+            if tower_kind(meta) == SEQUENCE_ITEMS and meta["text"] != has_text_path(manifest):
+                raise ArtifactError(f"{path / rel / TOWER_META}: text {meta['text']} != manifest model.text "
+                                    f"{has_text_path(manifest)}")
         if USERS_FILE in manifest["files"]:
             with reading(path / USERS_FILE, "not a readable parquet table"):
                 columns = pq.read_schema(path / USERS_FILE).names
@@ -173,8 +228,23 @@ class Artifact:
         return cls(path, manifest, parts, items, emb, popularity, text)
 
 
+def _tower_kinds(manifest: dict) -> dict[str, str | None]:
+    """tower.json kind expected of each tower directory (None: a text tower)."""
+    if model_kind(manifest) == SEQUENCE:
+        return {"user": SEQUENCE_USER, "item": SEQUENCE_ITEMS}
+    return {"user": None, "item": None}
+
+
+def _kind_name(kind: str | None) -> str:
+    return "text tower (no tower.json kind)" if kind is None else f"tower of kind {kind!r}"
+
+
 def _required_files(manifest: dict) -> list[str]:
-    towers = [f"{d}/{name}" for d in TOWER_DIRS.values() for name in (TOWER_META, TOWER_CONFIG, TOWER_WEIGHTS)]
+    full = (TOWER_META, TOWER_CONFIG, TOWER_WEIGHTS)
+    names = {"user": full, "item": full}
+    if model_kind(manifest) == SEQUENCE:
+        names = {"user": (TOWER_META, TOWER_WEIGHTS), "item": full if has_text_path(manifest) else (TOWER_META,)}
+    towers = [f"{TOWER_DIRS[which]}/{name}" for which, files in names.items() for name in files]
     return [*index_files(manifest), ITEMS_FILE, EMBEDDINGS_FILE, POPULARITY_FILE, TEXT_FILE, *towers]
 
 

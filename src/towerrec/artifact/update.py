@@ -1,6 +1,10 @@
 """Keep an artifact up to date without retraining: add or replace products (embedded by the stored product
 tower), remove products, replace the recorded metrics. Each change is a new atomic version of the directory.
 
+A sequence artifact embeds products by its product text path (text encoder -> adapter, no id embedding: a
+product added later is unseen, and can then appear in histories like any other); an id-only one (model.text
+false) has no text path and refuses to add or update products.
+
 Row ids start as catalog row positions (0..N-1). `add_items` gives new products fresh ids (never reusing one)
 and updates existing products in place under the same id; `remove_items` drops ids. Unchanged files are
 hard-linked from the previous version, never modified in place.
@@ -26,6 +30,7 @@ from towerrec.artifact.format import (
     ITEM_COLUMNS,
     ITEMS_FILE,
     POPULARITY_FILE,
+    SEQUENCE,
     ArtifactError,
     index_files,
 )
@@ -108,15 +113,20 @@ def add_items(artifact_dir: str | os.PathLike, items: pd.DataFrame, *, replace: 
     Unknown item ids get fresh row ids (never reused); known ones are replaced in place under their row id
     (their text, vector and shown fields change; popularity is kept) when `replace`, else it is an error.
     Replacing needs an index that can remove vectors (IDMap2,Flat or IVF); otherwise pass `rebuild=True`.
-    Returns {"added": n, "updated": n, "num_items": N}.
+    An id-only sequence artifact cannot embed products (ArtifactError). Returns {"added": n, "updated": n,
+    "num_items": N}.
     """
     new = Catalog(pd.DataFrame(items)).items  # validated: ids unique, titles present
     out_dir = Path(artifact_dir).absolute()
     with artifact_lock(out_dir):
         recover(out_dir)
         art = Artifact.load(out_dir, verify=True)
+        art.require_text_path("add or update products without retraining")
         pos = art.position_of_item.get_indexer(new["item_id"])
         known = pos >= 0
+        if known.any() and art.kind == SEQUENCE and art.manifest["model"].get("item_ids"):
+            log.warning("%s: %d updated product(s) are embedded from their text alone: the learned item-id part "
+                        "of their trained vectors is dropped", art.path, int(known.sum()))
         if known.any() and not replace:
             ids = new.loc[known, "item_id"].tolist()
             raise ArtifactError(f"{art.path / ITEMS_FILE}: {len(ids)} product(s) already present, e.g. {ids[:5]}; "

@@ -169,9 +169,10 @@ def _read_parquet(path: Path, bad: BadRows) -> pd.DataFrame:
     undecodable = pd.Series(False, index=df.index)
     for col in df.columns[df.dtypes == object]:  # binary columns: bytes to text, as CSV lines are
         decoded = df[col].map(lambda v: _utf8(v) if isinstance(v, bytes) else v)
-        for row in df.index[decoded.isna() & df[col].notna() & ~undecodable]:
-            bad(path, row + 1, f"column {quoted(col)} is not valid UTF-8")
-        undecodable |= decoded.isna() & df[col].notna()
+        failed = decoded.isna() & df[col].notna()
+        for line in df.loc[failed & ~undecodable, "_line"]:  # each row reported once
+            bad(path, int(line), f"column {quoted(col)} is not valid UTF-8")
+        undecodable |= failed
         df[col] = decoded
     df = df[~undecodable]
     bad.rows_read(path, len(df))

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from towerrec.model.towers import pool
+
 ADAPTERS = ("linear", "mlp")
 
 
@@ -60,9 +62,7 @@ class ItemEncoder(nn.Module):
         """(...,) catalog positions (>= 0) -> (..., D) unit vectors."""
         out = 0
         if self.adapter is not None:
-            out = self.adapter(self.text[idx])  # (..., D)
-            if self.mlp is not None:
-                out = out + self.mlp(out)
+            out = adapt(self.adapter, self.mlp, self.text[idx])  # (..., D)
         if self.ids is not None:
             out = out + self.ids(self.id_rows[idx])  # (..., D)
         return F.normalize(out, dim=-1)
@@ -75,10 +75,54 @@ class ItemEncoder(nn.Module):
         return next(self.parameters()).device
 
 
+def adapt(adapter: nn.Linear, mlp: nn.Module | None, text: torch.Tensor) -> torch.Tensor:
+    """(..., H) text vectors -> (..., D): the linear adapter, then the residual MLP when there is one (not
+    normalised). The one text path of the product tower, in training and in the exported `TextItemTower`."""
+    out = adapter(text)
+    return out + mlp(out) if mlp is not None else out
+
+
+class TextItemTower(nn.Module):
+    """The product tower's text path on its own: text encoder -> pooling -> adapter [-> mlp] -> L2 norm.
+
+    What an exported sequence artifact embeds products added later and free-text queries with: the frozen
+    encoder that computed the training text vectors and the trained adapter, no id embedding (such products
+    are unseen). `forward` has the TextTower signature, so `towerrec.model.encode.encode_texts` runs it."""
+
+    def __init__(self, encoder: nn.Module, pooling: str, dim: int, adapter: str = "linear"):
+        super().__init__()
+        if adapter not in ADAPTERS:
+            raise ValueError(f"model.adapter must be one of {ADAPTERS}, got {adapter!r}")
+        self.encoder, self.pooling, self.dim = encoder, pooling, dim
+        self.adapter = nn.Linear(encoder.config.hidden_size, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)) \
+            if adapter == "mlp" else None
+
+    @classmethod
+    def from_items(cls, encoder: nn.Module, pooling: str, items: ItemEncoder) -> TextItemTower:
+        """The text path of a trained ItemEncoder (its adapter and mlp weights copied) over `encoder`."""
+        if items.adapter is None:
+            raise ValueError("an id-only product tower (model.text=false) has no text path")
+        if items.adapter.in_features != encoder.config.hidden_size:
+            raise ValueError(f"the adapter reads {items.adapter.in_features}-dim text vectors but the encoder "
+                             f"computes {encoder.config.hidden_size}")
+        tower = cls(encoder, pooling, items.dim, "mlp" if items.mlp is not None else "linear")
+        tower.adapter.load_state_dict(items.adapter.state_dict())
+        if items.mlp is not None:
+            tower.mlp.load_state_dict(items.mlp.state_dict())
+        return tower.to(next(encoder.parameters()).device)  # where the encoder is (moving it would move the caller's)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                item_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) tokens -> (B, D) unit vectors; `item_idx` is ignored (no id embedding)."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+        return F.normalize(adapt(self.adapter, self.mlp, pool(hidden, attention_mask, self.pooling)), dim=-1)
+
+
 def attention_mask(real: torch.Tensor, heads: int) -> torch.Tensor:
     """(B * heads, L, L) bool, True = may not attend: later slots (causal) and padding, except a slot's own,
     so that a padded slot still attends to something (its output is finite and never used)."""
-    b, length = real.shape
+    _, length = real.shape
     future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=real.device), diagonal=1)  # (L, L)
     padded_key = ~real[:, None, :]  # (B, 1, L)
     own = torch.eye(length, dtype=torch.bool, device=real.device)  # (L, L)
@@ -93,6 +137,7 @@ class SequenceUserTower(nn.Module):
                  ff_mult: int = 4):
         super().__init__()
         self.dim, self.max_len, self.heads = dim, max_len, heads
+        self.layers, self.ff_mult, self.dropout_p = layers, ff_mult, dropout
         self.positions = nn.Embedding(max_len, dim)  # slot max_len - 1 is the newest item
         nn.init.normal_(self.positions.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, ff_mult * dim, dropout, activation="gelu", batch_first=True,
@@ -113,6 +158,17 @@ class SequenceUserTower(nn.Module):
         x = self.transformer(self.dropout(x), mask=attention_mask(real, self.heads))  # (B, L, D)
         return F.normalize(self.projection(self.norm(x)), dim=-1)
 
+    def shape(self) -> dict:
+        """The constructor's arguments: what rebuilds this tower (an exported artifact's tower.json)."""
+        return {"dim": int(self.dim), "max_len": int(self.max_len), "layers": int(self.layers),
+                "heads": int(self.heads), "ff_mult": int(self.ff_mult), "dropout": float(self.dropout_p)}
+
+    def embed_windows(self, table: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """table (N, D) product vectors, windows (B, L) right-aligned positions (-1 = padding) -> (B, D): the
+        newest slot's user vector."""
+        real = windows >= 0  # (B, L)
+        return self(table[windows.clamp_min(0)], real)[:, -1]
+
 
 class SequenceRecommender(nn.Module):
     """The product tower and the sequence user tower over it (shared item vectors)."""
@@ -132,7 +188,12 @@ class SequenceRecommender(nn.Module):
         real = windows >= 0  # (B, L)
         return self.users(self.items(windows.clamp_min(0)), real)
 
-    def embed_users(self, windows: torch.Tensor) -> torch.Tensor:
-        """(B, L) right-aligned histories -> (B, D): the newest slot's vector."""
-        return self.user_states(windows)[:, -1]
+    def embed_users(self, windows: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) right-aligned histories -> (B, D): the newest slot's vector.
+
+        The history's product vectors are looked up in the catalog table `table` (N, D) (default
+        `items.all()`): exactly the vectors an exported artifact stores and serving looks up, so the exported
+        user vectors are the evaluated ones bit for bit."""
+        table = self.items.all() if table is None else table
+        return self.users.embed_windows(table, windows)
 

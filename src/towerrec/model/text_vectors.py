@@ -54,19 +54,28 @@ def compute_text_vectors(encoder, tokenizer, texts: Sequence[str], max_length: i
     return out.numpy()
 
 
-def text_vectors(encoder_cfg: Mapping, texts: Sequence[str], *, max_length: int, pooling: str = "mean",
-                 batch_size: int = 128, cache_dir: str | os.PathLike | None = None, seed: int = 0,
-                 progress: bool = True) -> tuple[np.ndarray, object]:
-    """((N, H) float32 frozen text vectors, tokenizer): from the cache when present, else computed and saved."""
-    key = cache_key(encoder_cfg, pooling, max_length, texts, seed)
-    path = Path(cache_dir) / f"textvec-{key}.npy" if cache_dir else None
+def load_text_encoder(encoder_cfg: Mapping, texts: Sequence[str], seed: int = 0):
+    """(encoder in eval mode, tokenizer) as `text_vectors` loads them: random-init encoders draw their weights
+    from `seed` and train their tokenizer on `texts`, so the same arguments give the same encoder."""
     torch.manual_seed(seed)  # random-init encoders: the same weights for the same seed
     encoder, tokenizer = load_encoder(encoder_cfg, corpus=texts)
+    return encoder.eval(), tokenizer
+
+
+def text_vectors(encoder_cfg: Mapping, texts: Sequence[str], *, max_length: int, pooling: str = "mean",
+                 batch_size: int = 128, cache_dir: str | os.PathLike | None = None, seed: int = 0,
+                 progress: bool = True) -> tuple[np.ndarray, torch.nn.Module, object]:
+    """((N, H) float32 frozen text vectors, encoder, tokenizer): the vectors from the cache when present, else
+    computed and saved; the encoder (eval mode) and tokenizer are those that compute them (an exported
+    artifact embeds products added later and free-text queries with them)."""
+    key = cache_key(encoder_cfg, pooling, max_length, texts, seed)
+    path = Path(cache_dir) / f"textvec-{key}.npy" if cache_dir else None
+    encoder, tokenizer = load_text_encoder(encoder_cfg, texts, seed)
     if path is not None and path.is_file():
         vectors = np.load(path, allow_pickle=False)
         if vectors.shape == (len(texts), encoder.config.hidden_size):
             log.info("text vectors from %s", path)
-            return vectors, tokenizer
+            return vectors, encoder, tokenizer
         log.warning("%s has shape %s, expected (%d, %d): recomputing", path, vectors.shape, len(texts),
                     encoder.config.hidden_size)
     vectors = compute_text_vectors(encoder, tokenizer, texts, max_length, pooling, batch_size, progress)
@@ -75,4 +84,4 @@ def text_vectors(encoder_cfg: Mapping, texts: Sequence[str], *, max_length: int,
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # one per process: DDP ranks write at once
         np.save(tmp, vectors)
         tmp.replace(path)
-    return vectors, tokenizer
+    return vectors, encoder, tokenizer

@@ -25,10 +25,11 @@ def as_retriever(artifact: Artifact | Retriever | str | Path) -> Retriever:
 
 
 class ArtifactScorer:
-    """The exported two-tower model as a harness scorer for one stage of a split.
+    """The exported model (text two-tower or sequence towers) as a harness scorer for one stage of a split.
 
-    The stage's users are embedded once, up front, through the Retriever (the stored text config, tokenizer and
-    user tower: the text serving renders); calls look users up by id and score them against the stored item
+    The stage's users are embedded once, up front, through `Retriever.embed_histories` (text towers: the stored
+    text config, tokenizer and user tower, the text serving renders; sequence towers: windows of the stored
+    product vectors through the user tower); calls look users up by id and score them against the stored item
     vectors (full ranking). Split items missing from the artifact score -inf (never recommended).
     `batch_size`: users embedded at a time; the training datamodule's eval batch size reproduces the
     in-training vectors exactly."""
@@ -47,9 +48,8 @@ class ArtifactScorer:
                         len(pos))
         self.item_emb = torch.from_numpy(np.ascontiguousarray(art.embeddings[np.maximum(pos, 0)]))  # (N, D)
         examples = split.examples(stage)
-        texts = [retriever.user_text(pos[h]) for h in tqdm(examples.histories, desc=f"user texts {stage}",
-                                                              disable=not progress)]
-        self.user_emb = torch.from_numpy(retriever.embed_texts(texts, batch_size))  # (U, D) unit norm
+        histories = [pos[h] for h in tqdm(examples.histories, desc=f"user histories {stage}", disable=not progress)]
+        self.user_emb = torch.from_numpy(retriever.embed_histories(histories, batch_size=batch_size))  # (U, D)
         self.row_of_user = pd.Index(examples.users)
 
     def __call__(self, histories: Sequence[np.ndarray], users: np.ndarray) -> torch.Tensor:

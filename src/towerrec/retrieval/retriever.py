@@ -8,6 +8,12 @@ built. Free text (a search query, or a description the user typed) is treated as
 comes first, then the history newest first, all within the same budget (the free text is always kept; the
 oldest history items are dropped first). Free text alone is the user text by itself (after `user_prefix`).
 
+Sequence artifacts (manifest model.kind `sequence`) read no user text: a history is a right-aligned window of
+the newest `max_len` stored product vectors through the sequence user tower, and free text is embedded by the
+product text path and appended as the newest element (the window keeps the newest max_len). `embed_histories`
+is the one path for both kinds (embed_user, recommend and the harness scorer use it); `user_text` and
+`embed_texts` exist for the text towers only.
+
 Results. `search` returns, for each user, (row_id, score) pairs with score = inner product of the
 L2-normalised vectors (cosine), best first; exactly k of them whenever k eligible products exist.
 Exclusions and filters (a category path and/or any (N,) boolean mask over table positions: price ranges,
@@ -25,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from towerrec.artifact.format import SEQUENCE
 from towerrec.artifact.reader import Artifact
 from towerrec.data.schema import CATEGORY_SEP
 from towerrec.data.text import UserText
@@ -49,22 +56,67 @@ class Retriever:
         self.exact_filter_max, self.exact_filter_fraction = exact_filter_max, exact_filter_fraction
         art = self.artifact
         self.table, self.items, self.text, self.row_ids = art.table, art.items, art.text, art.row_ids
-        self._user_text = UserText(art.items["history_text"].tolist(), art.text,
-                                   lambda text: art.user_tower.count_tokens(text))
+        self.kind = art.kind
+        self._user_text = None
+        if self.kind != SEQUENCE:
+            self._user_text = UserText(art.items["history_text"].tolist(), art.text,
+                                       lambda text: art.user_tower.count_tokens(text))
         self._category_masks: dict[str, np.ndarray] = {}
 
     @property
     def num_items(self) -> int:
         return self.artifact.num_items
 
+    @property
+    def is_sequence(self) -> bool:
+        """Whether the artifact holds the sequence towers (no user text: see `embed_histories`)."""
+        return self.kind == SEQUENCE
+
     # ---- users -------------------------------------------------------------------------------------------
+    def _no_user_text(self, what: str) -> None:
+        if self.is_sequence:
+            raise ValueError(f"{self.artifact.path}: a sequence artifact reads a history as a sequence of product "
+                             f"vectors, not as user text, so it has no {what}; use embed_histories")
+
     def user_text(self, history_positions: Sequence[int], text: str | None = None) -> str:
-        """The user tower's input for a history (table positions, oldest first; -1 = unknown, skipped)."""
+        """The user tower's input for a history (table positions, oldest first; -1 = unknown, skipped).
+        Text towers only."""
+        self._no_user_text("user text")
         return self._user_text(history_positions, text)
 
     def embed_texts(self, user_texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """(B, D) unit-norm user vectors of ready-made user texts (batched by length, as evaluation does)."""
+        """(B, D) unit-norm user vectors of ready-made user texts (batched by length, as evaluation does).
+        Text towers only."""
+        self._no_user_text("user texts to embed")
         emb = self.artifact.user_tower.encode(list(user_texts), batch_size or self.batch_size)
+        return normalize_rows(emb) if len(emb) else emb
+
+    def embed_histories(self, histories: Sequence[Sequence[int]], texts: Sequence[str | None] | None = None,
+                        batch_size: int | None = None) -> np.ndarray:
+        """(B, D) unit-norm user vectors of histories (table positions, oldest first; -1 = unknown, skipped),
+        each with an optional free text (`texts`: one str or None per history; a query, the newest element).
+
+        Text towers: `embed_texts` of `user_text` (bit-identical to calling them). Sequence towers: right-aligned
+        windows of the stored product vectors through the user tower, a free text's product-text-path vector
+        in the newest slot (an id-only artifact refuses free text). Batches of `batch_size` (default the
+        Retriever's): the training datamodule's eval batch size reproduces the in-training vectors exactly."""
+        histories = list(histories)
+        if texts is not None and len(texts) != len(histories):
+            raise ValueError(f"{len(texts)} texts for {len(histories)} histories")
+        batch_size = batch_size or self.batch_size
+        if not self.is_sequence:
+            user_texts = [self.user_text(h, None if texts is None else texts[i]) for i, h in enumerate(histories)]
+            return self.embed_texts(user_texts, batch_size)
+        art = self.artifact
+        queries = None
+        wanted = [i for i, t in enumerate(texts or []) if t is not None and t.strip()]
+        if wanted:
+            art.require_text_path("embed a free-text query (recommend from a history of item ids alone)")
+            vectors = art.item_tower.encode([" ".join(texts[i].split()) for i in wanted], batch_size)  # (Q, D)
+            queries = [None] * len(histories)
+            for row, i in enumerate(wanted):
+                queries[i] = vectors[row]
+        emb = art.user_tower.embed_histories(histories, art.embeddings, queries, batch_size)
         return normalize_rows(emb) if len(emb) else emb
 
     def history_positions(self, history_item_ids: Iterable[str]) -> np.ndarray:
@@ -87,7 +139,7 @@ class Retriever:
     def embed_user(self, history_item_ids: Sequence[str] | None = None, text: str | None = None) -> np.ndarray:
         """(D,) unit-norm user vector from a history (item ids, oldest first) and/or free text."""
         positions = self._user_positions(history_item_ids, text, "embed a user")
-        return self.embed_texts([self.user_text(positions, text)])[0]
+        return self.embed_histories([positions], [text])[0]
 
     # ---- search ------------------------------------------------------------------------------------------
     def category_mask(self, category: str) -> np.ndarray:
@@ -180,7 +232,7 @@ class Retriever:
         """Top-k products for a history (item ids, oldest first) and/or free text, as dicts with item_id,
         score, title, brand, category, price (None if unknown) and row_id; seen items left out by default."""
         positions = self._user_positions(history_item_ids, text, "recommend")
-        vec = self.embed_texts([self.user_text(positions, text)])
+        vec = self.embed_histories([positions], [text])
         seen = set(self.row_ids[positions].tolist()) if exclude_seen else set()
         return self._describe(self.search(vec, k, [seen], category)[0])
 

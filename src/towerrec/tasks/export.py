@@ -7,16 +7,20 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from towerrec import evaluation
 from towerrec.artifact import Artifact, export_artifact, set_metrics
+from towerrec.artifact.export import export_sequence_artifact
 from towerrec.data import privacy
 from towerrec.data.load import load_split
 from towerrec.data.schema import DataError
+from towerrec.data.splits import Split
 from towerrec.data.text import TextConfig, render_items
-from towerrec.model.build import build_two_tower
+from towerrec.model.build import build_sequence, build_two_tower
+from towerrec.model.text_vectors import compute_text_vectors, load_text_encoder
 from towerrec.retrieval import evaluate_artifact
 from towerrec.utils.hydra import config_dict
 from towerrec.utils.io import to_plain
@@ -50,15 +54,23 @@ def export_run(cfg: DictConfig, objects: Mapping, metrics: Mapping | None,
                out_dir: str | os.PathLike | None = None) -> Path | None:
     """Export at the end of `towerrec.tasks.train.fit_two_tower` (call on global rank zero only).
 
-    `objects`: its dict (module.model holds the best checkpoint's weights after trainer.test). Reads
-    cfg.export (enabled, dir, batch_size, progress) and cfg.index; both may be absent (defaults: export to
-    <run>/artifact, flat index). Returns the artifact path, or None when cfg.export.enabled is false.
+    `objects`: its dict (module.model holds the best checkpoint's weights after trainer.test; for a sequence
+    run the datamodule holds the text config and the frozen text encoder + tokenizer, see
+    `towerrec.tasks.train.sequence_from_config`). Reads cfg.export (enabled, dir, batch_size, progress) and
+    cfg.index; both may be absent (defaults: export to <run>/artifact, flat index). Returns the artifact path,
+    or None when cfg.export.enabled is false.
     """
     dm = objects["datamodule"]
     exp = to_plain(cfg.get("export"))
     if not exp.get("enabled", True):
         return None
     dev = development_key(cfg)
+    if cfg.model.kind == "sequence":
+        te = to_plain(cfg.model).get("text_encoder") or {}
+        return export_sequence_artifact(
+            _out_dir(cfg, out_dir), objects["module"].model, dm.split, dm.text, encoder=dm.text_encoder,
+            tokenizer=dm.tokenizer, pooling=te.get("pooling", "mean"), text_max_length=te.get("max_length", 64),
+            index_cfg=cfg.get("index"), train_cfg=config_dict(cfg), metrics=metrics or {}, development_key=dev)
     return export_artifact(
         _out_dir(cfg, out_dir), objects["module"].model, dm.tokenizer, dm.split, dm.text,
         item_max_length=dm.item_max_length, user_max_length=dm.user_max_length,
@@ -82,21 +94,63 @@ def export_checkpoint(cfg: DictConfig, ckpt_path: str | os.PathLike, out_dir: st
     if stored and stored.get("model") != to_plain(cfg.model):
         log.info("stage=export: the towers are rebuilt as the checkpoint's run configured them, not from cfg.model")
     split = load_split(to_plain(cfg.data))
-    model, tokenizer = build_two_tower(model_cfg, render_items(split.catalog, text), split.item_counts())
     weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(weights, strict=True)
     exp = to_plain(cfg.get("export"))
     dmc = model_cfg["datamodule"]
-    path = export_artifact(_out_dir(cfg, out_dir), model, tokenizer, split, text,
-                           item_max_length=dmc["item_max_length"], user_max_length=dmc["user_max_length"],
-                           index_cfg=cfg.get("index"), train_cfg={**config_dict(cfg), "ckpt_path": str(ckpt_path)},
-                           metrics={}, batch_size=int(exp.get("batch_size") or dmc["eval_batch_size"]),
-                           progress=bool(exp.get("progress", True)), development_key=dev)
+    train_cfg = {**config_dict(cfg), "ckpt_path": str(ckpt_path)}
+    if model_cfg.get("kind") == "sequence":
+        seed = (checkpoint.get("hyper_parameters") or {}).get("seed", cfg.get("seed", 0))
+        model, encoder, tokenizer = _sequence_from_checkpoint(model_cfg, text, split, weights, seed)
+        te = model_cfg["text_encoder"]
+        path = export_sequence_artifact(_out_dir(cfg, out_dir), model, split, text, encoder=encoder,
+                                        tokenizer=tokenizer, pooling=te["pooling"], text_max_length=te["max_length"],
+                                        index_cfg=cfg.get("index"), train_cfg=train_cfg, metrics={},
+                                        development_key=dev)
+    else:
+        model, tokenizer = build_two_tower(model_cfg, render_items(split.catalog, text), split.item_counts())
+        model.load_state_dict(weights, strict=True)
+        path = export_artifact(_out_dir(cfg, out_dir), model, tokenizer, split, text,
+                               item_max_length=dmc["item_max_length"], user_max_length=dmc["user_max_length"],
+                               index_cfg=cfg.get("index"), train_cfg=train_cfg,
+                               metrics={}, batch_size=int(exp.get("batch_size") or dmc["eval_batch_size"]),
+                               progress=bool(exp.get("progress", True)), development_key=dev)
     if evaluate:
         metrics = evaluate_artifact(Artifact.load(path), split, cfg.eval, stages=("valid", "test"),
                                     batch_size=int(dmc["eval_batch_size"]))
         set_metrics(path, metrics)
     return path
+
+
+PROBE_ITEMS = 16  # products whose text vectors are recomputed to check the rebuilt text encoder
+
+
+def _sequence_from_checkpoint(model_cfg: dict, text: TextConfig, split: Split, weights: dict, seed: int):
+    """(SequenceRecommender with the checkpoint's weights, text encoder, tokenizer) of a sequence checkpoint.
+
+    The frozen text vectors are the checkpoint's own (the product tower's buffer); the encoder and tokenizer
+    are rebuilt as training built them (`load_text_encoder`: the same config, catalog texts and seed) and checked
+    against those vectors on a few products, so the exported text path is the one that computed them."""
+    encoder = tokenizer = vectors = None
+    if model_cfg.get("text", True):
+        if "items.text" not in weights:
+            raise ValueError("the checkpoint's product tower holds no text vectors, but its model config has text")
+        vectors = weights["items.text"].float().numpy()  # (N, H)
+        te = model_cfg["text_encoder"]
+        texts = render_items(split.catalog, text)
+        if len(texts) != len(vectors):
+            raise ValueError(f"the checkpoint's product tower holds {len(vectors)} products but the data has "
+                             f"{len(texts)}: export it with the data it was trained on")
+        encoder, tokenizer = load_text_encoder(model_cfg["encoder"], texts, seed)
+        probe = compute_text_vectors(encoder, tokenizer, texts[:PROBE_ITEMS], te["max_length"], te["pooling"],
+                                     progress=False)
+        expected = vectors[:PROBE_ITEMS]
+        if not np.allclose(probe, expected, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(expected).max()))):
+            raise ValueError("the text encoder rebuilt from the checkpoint's model config (model.encoder, text "
+                             "template, seed) does not reproduce the checkpoint's frozen text vectors; export "
+                             "with the data and encoder the run was trained with")
+    model = build_sequence(model_cfg, vectors, split.num_items, split.item_counts())
+    model.load_state_dict(weights, strict=True)
+    return model.eval(), encoder, tokenizer
 
 
 def export_only(cfg: DictConfig) -> tuple[dict[str, float], dict]:

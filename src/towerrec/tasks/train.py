@@ -63,17 +63,23 @@ def build_module(cfg: DictConfig, model, item_counts, model_config: dict | None 
 
 def sequence_from_config(cfg: DictConfig, split: Split):
     """(SequenceModule, SequenceDataModule, tokenizer or None) from `cfg.model`, `cfg.text` and `cfg.loss`; frozen
-    product text vectors come from the cache under `paths.cache_dir` when an earlier run computed them."""
+    product text vectors come from the cache under `paths.cache_dir` when an earlier run computed them.
+
+    The datamodule also keeps what the export needs besides the module (`towerrec.tasks.export.export_run`):
+    `text` (the TextConfig), `text_encoder` and `tokenizer` (the frozen encoder that computed the text vectors
+    and its tokenizer; None for an id-only model)."""
     m = to_plain(cfg.model)
     if m["text_encoder"]["train"] != "frozen":
         raise ValueError(f"model.text_encoder.train={m['text_encoder']['train']!r}: only 'frozen' is implemented "
                          "for the sequence towers so far")
-    vectors, tokenizer = None, None
+    text = TextConfig.from_dict(to_plain(cfg.text))
+    vectors, encoder, tokenizer = None, None, None
     if m.get("text", True):
         te = m["text_encoder"]
-        texts = render_items(split.catalog, TextConfig.from_dict(to_plain(cfg.text)))
-        vectors, tokenizer = text_vectors(m["encoder"], texts, max_length=te["max_length"], pooling=te["pooling"],
-                                          batch_size=te["batch_size"], cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+        texts = render_items(split.catalog, text)
+        vectors, encoder, tokenizer = text_vectors(m["encoder"], texts, max_length=te["max_length"],
+                                                   pooling=te["pooling"], batch_size=te["batch_size"],
+                                                   cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
     L.seed_everything(cfg.seed, workers=True)  # the towers' initial weights do not depend on the cache
     model = build_sequence(m, vectors, split.num_items, split.item_counts())
     loss_cfg = cfg.loss
@@ -85,6 +91,7 @@ def sequence_from_config(cfg: DictConfig, split: Split):
         item_counts=split.item_counts(), eval_config=evaluation.EvalConfig.from_any(cfg.eval), seed=cfg.seed,
         model_config={"model": m, "text": to_plain(cfg.text)})
     datamodule = SequenceDataModule(split, max_len=m["max_len"], seed=cfg.seed, **m["datamodule"])
+    datamodule.text, datamodule.text_encoder, datamodule.tokenizer = text, encoder, tokenizer
     return module, datamodule, tokenizer
 
 
@@ -127,7 +134,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         return export_only(cfg)
     if stage == "rerank":  # LoRA fine-tune + evaluate the LM reranker (artifact=PATH)
         return run_rerank(cfg)
-    if cfg.model.kind == "two_tower" and cfg.export.enabled:
+    if cfg.model.kind in ("two_tower", "sequence") and cfg.export.enabled:
         development_key(cfg)  # refuses real data without a user-id secret before hours of training, not after
     split = load_split(to_plain(cfg.data))
     loggers = instantiate_loggers(cfg.get("logger"))
@@ -141,9 +148,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
             lg.log_metrics(metrics)
     else:
         metrics, objects = fit_two_tower(cfg, split, loggers, run_dir)
-        if cfg.model.kind == "sequence" and cfg.export.enabled:
-            log.warning("the sequence towers cannot be exported yet: no serving artifact for this run")
-        elif objects["trainer"].is_global_zero and cfg.export.enabled:
+        if objects["trainer"].is_global_zero and cfg.export.enabled:  # two-tower and sequence runs alike
             objects["artifact"] = export_run(cfg, objects, metrics)
             log.info("exported the serving artifact to %s", objects["artifact"])
     metrics["time/seconds"] = time.perf_counter() - start
