@@ -22,73 +22,14 @@ The event rows are deliberately not in time order.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
+from helpers.data import EVENT_ROWS, ROOT, TINY_BERT, make_catalog, make_events, run_paths
 
-from towerrec.data.schema import Catalog, Dataset, Interactions
+from towerrec.data.schema import Catalog, Dataset
 from towerrec.model.encoders import load_encoder
-
-NAN = math.nan
-ROOT = Path(__file__).resolve().parents[1]
-
-CATALOG_ROWS = [
-    # item_id, title, brand, category, description, price, color, material
-    ("sku-a", "Trail running shoe", "Stridex", "Sports > Running > Shoes", "Light trail shoe", 89.5, "blue", "mesh"),
-    ("sku-b", "Running socks", "Stridex", "Sports > Running", "", 12.0, None, None),
-    ("sku-c", "Espresso machine", "Brewmaster", "Home > Kitchen > Coffee", "15 bar pump", 249.99, "silver", None),
-    ("sku-d", "Coffee grinder", "", "Home > Kitchen > Coffee", "", NAN, "black", None),
-    ("sku-e", "Paperback novel", "Inkwell", "Books", "", 9.99, None, None),
-    ("sku-f", "Reading lamp", "Lumo", "Home > Lighting", "", 34.0, "white", None),
-    ("sku-g", "Yoga mat", "Stridex", "Sports > Fitness", "", 25.0, "green", "rubber"),
-    ("sku-h", "Water bottle", "", "", "", NAN, None, None),
-]
-
-EVENT_ROWS = [
-    ("u_dan", "sku-b", 4),
-    ("u_ann", "sku-c", 300),
-    ("u_bob", "sku-g", 60),
-    ("u_ann", "sku-a", 100),
-    ("u_cat", "sku-b", 20),
-    ("u_dan", "sku-g", 1),
-    ("u_bob", "sku-a", 70),
-    ("u_ann", "sku-d", 400),
-    ("u_dan", "sku-h", 5),
-    ("u_bob", "sku-e", 50),
-    ("u_dan", "sku-a", 2),
-    ("u_cat", "sku-a", 10),
-    ("u_ann", "sku-b", 200),
-    ("u_bob", "sku-f", 60),
-    ("u_dan", "sku-g", 3),
-]
-
-# The expected time-ordered sequences of the users kept (sorted by user id), as item indices.
-EXPECTED_SEQUENCES = {
-    "u_ann": [0, 1, 2, 3],
-    "u_bob": [4, 6, 5, 0],
-    "u_dan": [6, 0, 6, 1, 7],
-}
-
-TINY_BERT = {
-    "vocab_size": 300,
-    "hidden_size": 16,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "max_position_embeddings": 64,
-}
-
-
-def make_catalog(rows=CATALOG_ROWS) -> Catalog:
-    columns = ["item_id", "title", "brand", "category", "description", "price", "color", "material"]
-    return Catalog(pd.DataFrame(rows, columns=columns))
-
-
-def make_events(rows) -> Interactions:
-    return Interactions(pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]))
 
 
 @pytest.fixture
@@ -146,9 +87,15 @@ def tiny_split():
     return leave_last_out(synthetic.generate(num_items=80, num_users=60, max_len=8, user_id_secret="test-secret"))
 
 
-def run_paths(tmp_path: Path) -> list[str]:
-    """Overrides that keep logs and the token cache inside tmp_path."""
-    return [f"paths.log_dir={tmp_path / 'logs'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+@pytest.fixture(scope="module")
+def sequence_artifacts(tiny_split, tmp_path_factory) -> dict[str, Path]:
+    """Tiny untrained sequence artifacts over `tiny_split` (helpers.serve.export_tiny_sequence_artifact):
+    {"text": with the product text path (free-text queries), "ids": id-only (no text path)}."""
+    from helpers.serve import export_tiny_sequence_artifact
+
+    root = tmp_path_factory.mktemp("sequence")
+    return {name: export_tiny_sequence_artifact(root / name, tiny_split, text=name == "text")
+            for name in ("text", "ids")}
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_artifact import TEXT, TINY_BERT, do_export
+from helpers.tiny_artifact import TEXT, TINY_BERT, do_export
 
 from towerrec.data.text import render_items
 from towerrec.model.encoders import load_encoder

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.tiny_artifact import ROOT, TEXT, TINY_BERT, do_export
 from omegaconf import OmegaConf
-from tiny_artifact import ROOT, TEXT, TINY_BERT, do_export
 
 from towerrec.artifact import Artifact, store
 from towerrec.artifact import export as artifact_export

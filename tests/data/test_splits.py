@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import EVENT_ROWS, EXPECTED_SEQUENCES, make_catalog, make_events
+from helpers.data import EVENT_ROWS, EXPECTED_SEQUENCES, make_catalog, make_events
 
 from towerrec.data.schema import DataError, Dataset
 from towerrec.data.splits import leave_last_out, tie_break_key

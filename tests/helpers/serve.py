@@ -1,7 +1,8 @@
-"""Helpers of the service tests (tests/serving/): a tiny exported artifact, a real uvicorn server in a
-thread on an ephemeral port, LM test doubles (a fast deterministic reranker, a deliberately slow one,
-a failing one, explainers whose output is or is not grounded), and the raw fuzz cases (`probe`: odd bodies,
-paths and tokens, mid-body disconnects) that tests/serving/test_fuzz.py and bench/serve_fuzz.py send."""
+"""Helpers of the service tests (tests/serving/): tiny exported artifacts (a text two-tower one, and sequence
+ones with and without the product text path), a real uvicorn server in a thread on an ephemeral port, LM test
+doubles (a fast deterministic reranker, a deliberately slow one, a failing one, explainers whose output is or
+is not grounded), and the raw fuzz cases (`probe`: odd bodies, paths and tokens, mid-body disconnects) that
+tests/serving/test_fuzz.py and bench/serve_fuzz.py send."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import numpy as np
 import torch
 import uvicorn
 
-from towerrec.artifact.export import export_artifact
+from towerrec.artifact.export import export_artifact, export_sequence_artifact
 from towerrec.data.text import TextConfig, render_items
 from towerrec.model.encoders import load_encoder
+from towerrec.model.sequence import ItemEncoder, SequenceRecommender, SequenceUserTower
+from towerrec.model.text_vectors import text_vectors
 from towerrec.model.towers import TwoTower
 from towerrec.rerank.reranker import RerankResult
 
@@ -36,6 +39,26 @@ def export_tiny_artifact(out: Path, split) -> Path:
     model = TwoTower(encoder, projection_dim=12).eval()
     return export_artifact(out, model, tokenizer, split, TEXT, item_max_length=32, user_max_length=48,
                               train_cfg={}, metrics={}, batch_size=32, progress=False)
+
+
+SEQUENCE_MAX_LEN = 4  # shorter than the tiny split's histories: the window keeps the newest items
+
+
+def export_tiny_sequence_artifact(out: Path, split, text: bool = True) -> Path:
+    """Untrained sequence towers (dim 16, max_len SEQUENCE_MAX_LEN) exported with the split's known users:
+    `text` True, frozen text vectors of a random-init BERT + learned item ids with the product text path
+    (free-text queries; model=sequence_ids), False an id-only model (model=sasrec: no text path)."""
+    torch.manual_seed(0)
+    vectors = encoder = tokenizer = None
+    if text:
+        vectors, encoder, tokenizer = text_vectors({"random_init": dict(TINY_BERT)}, render_items(split.catalog, TEXT),
+                                                   max_length=32, pooling="mean", progress=False)
+    items = ItemEncoder(vectors, TINY_BERT["hidden_size"], num_items=split.num_items, item_ids=True,
+                        item_counts=split.item_counts())
+    users = SequenceUserTower(TINY_BERT["hidden_size"], SEQUENCE_MAX_LEN, layers=1, heads=2, dropout=0.1)
+    model = SequenceRecommender(items, users).eval()
+    return export_sequence_artifact(out, model, split, TEXT, encoder=encoder, tokenizer=tokenizer, pooling="mean",
+                                    text_max_length=32, train_cfg={}, metrics={})
 
 
 class ServerThread:

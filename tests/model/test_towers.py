@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_BERT
+from helpers.data import TINY_BERT
 
 from towerrec.data.tokens import pad_batch, tokenize
 from towerrec.model.encoders import load_encoder, resolve_path, train_wordpiece_tokenizer

@@ -12,7 +12,7 @@ import os
 import pandas as pd
 import pytest
 import torch
-from conftest import CATALOG_ROWS
+from helpers.data import CATALOG_ROWS
 
 from towerrec.rerank import explain as E
 from towerrec.rerank import grounding as G

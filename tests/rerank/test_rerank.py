@@ -1,6 +1,7 @@
 """LM reranking (towerrec.rerank): model loading and the GGUF cache, sanitised prompts, listwise/pointwise
 scores (batched == one by one, cached prefix == full prompt), prompt injection, fusion and its tuning, the
-Reranker API and rerank directory, and the harness evaluation over a tiny artifact.
+Reranker API and rerank directory, and the harness evaluation over a tiny artifact (retrieval also over
+tiny sequence artifacts).
 
 Unit tests use a 2-layer random Llama with the locally built byte tokenizer (`rerank.model_path=random_init`);
 the last tests (slow, integration) use the real SmolLM2-135M-Instruct."""
@@ -486,6 +487,34 @@ def test_evaluate_rerank_matches_the_harness(tiny_split, tiny_retriever):
     assert report["fusion"]["grid"][str(w)] == pytest.approx(m["fused"]["val/ndcg@10"])
     users = sample_users(100, 10, seed=3)
     assert len(users) == 10 and list(users) == sorted(set(users)) and list(users) == list(sample_users(100, 10, 3))
+
+
+@pytest.mark.parametrize("kind", ["text", "ids"])
+def test_retrieve_embeds_sequence_artifacts_through_embed_histories(tiny_split, sequence_artifacts, kind):
+    """retrieve() on a sequence artifact (retrieval only, no LM): the users are embedded by
+    Retriever.embed_histories, searched with their history left out, and the retrieval order is the artifact's
+    own evaluation."""
+    from towerrec.rerank.evaluate import _Catalog, _method_orders, harness_metrics, retrieve
+    from towerrec.retrieval import Retriever, evaluate_artifact
+
+    retriever = Retriever(sequence_artifacts[kind])
+    assert retriever.is_sequence
+    users = np.arange(len(tiny_split.users))
+    cands = retrieve(retriever, tiny_split, "valid", users, top_n=10, batch_size=16)
+    histories = tiny_split.examples("valid").histories
+    catalog = _Catalog(retriever, tiny_split)
+    expected = retriever.embed_histories([catalog.position[h] for h in histories], batch_size=16)
+    np.testing.assert_array_equal(cands.user_emb.numpy(), expected)
+    for u in (0, 7, 31):
+        assert len(cands.items[u]) == 10 and not set(cands.items[u].tolist()) & set(histories[u].tolist())
+        hits = retriever.search(expected[u : u + 1], 10, [set(retriever.row_ids[catalog.position[histories[u]]])])
+        assert cands.items[u].tolist() == catalog.split_of_position[
+            retriever.table.positions_of_rows([r for r, _ in hits[0]])].tolist()
+        np.testing.assert_allclose(cands.scores[u], [score for _, score in hits[0]])
+    got = harness_metrics(cands, _method_orders(cands, None, None, ""), tiny_split, catalog)
+    full = evaluate_artifact(retriever, tiny_split, stages=("valid",), batch_size=16)
+    for key in ("recall@5", "ndcg@10", "recall@20", "mrr@10", "coverage@10"):
+        assert got[key] == pytest.approx(full[f"val/{key}"]), key
 
 
 def test_stage_run_writes_a_loadable_rerank_dir(tiny_split, tiny_retriever, tmp_path, monkeypatch):

@@ -2,7 +2,9 @@
 every endpoint, the error paths (422 naming the field, 404, 413, 503), the popularity cold start, filters,
 the LM stages with test doubles (a fast deterministic reranker; a deliberately slow one to exercise the
 time-budget fallback; explainers whose output is or is not grounded), metrics, and the atomic reload (token,
-swap under load, a corrupt artifact refused, SIGHUP to `python serve.py`). A tiny random-init artifact."""
+swap under load, a corrupt artifact refused, SIGHUP to `python serve.py`). A tiny random-init artifact; and
+sequence artifacts (with and without the product text path: free-text queries, or 422 naming `query`), served
+end to end and swapped in and out by reload under one server."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers.serve import (
+    SEQUENCE_MAX_LEN,
     FailingReranker,
     ForeignReranker,
     InventingExplainer,
@@ -39,6 +42,7 @@ from towerrec.artifact.format import ITEMS_FILE, USERS_FILE
 from towerrec.artifact.update import add_items, remove_items
 from towerrec.retrieval import Retriever
 from towerrec.serving import LMComponents, ServeConfig, StageSettings, create_app
+from towerrec.serving.batching import EmbeddingBatcher
 from towerrec.serving.components import BudgetedStage
 from towerrec.serving.state import LRUCache, ServiceState, category_prefixes
 from towerrec.utils.io import sha256_file
@@ -617,6 +621,186 @@ def test_run_exits_non_zero_when_the_first_load_fails(tmp_path, caplog):
     assert "manifest.json: missing" in caplog.text
 
 
+# ------------------------------------------------------------------------------------------ sequence artifacts
+
+
+@pytest.fixture(scope="module", params=["text", "ids"])
+def seq(request, sequence_artifacts):
+    """A real server over a tiny sequence artifact (`text`: with the product text path, `ids`: id-only), with
+    a Retriever over the same artifact to compare with."""
+    path = sequence_artifacts[request.param]
+    app = create_app(make_cfg(path))
+    with ServerThread(app) as srv:
+        srv.ready, srv.service = srv.wait_ready(), app.state.service
+        srv.client = httpx.Client(base_url=srv.url, timeout=30)
+        srv.kind, srv.retriever = request.param, Retriever(path)
+        yield srv
+        srv.client.close()
+
+
+def long_user(artifact) -> tuple[str, list[str]]:
+    """A known user whose history is longer than the sequence tower's window."""
+    users = pd.read_parquet(artifact.path / USERS_FILE)
+    row = users[users["items"].map(len) > SEQUENCE_MAX_LEN + 1].iloc[0]
+    return str(row["user_id"]), [str(x) for x in row["items"]]
+
+
+def cache_lookups(client) -> dict[str, float]:
+    text = client.get("/metrics").text
+    return {result: float(m.group(1)) if (m := re.search(
+        rf'towerrec_user_vector_cache_total\{{result="{result}"\}} (\S+)', text)) else 0.0
+            for result in ("hit", "miss")}
+
+
+def assert_same_ranking(got: list[dict], expected: list[dict]) -> None:
+    assert ids(got) == [e["item_id"] for e in expected]
+    np.testing.assert_allclose([it["score"] for it in got], [e["score"] for e in expected], atol=1e-5)
+
+
+def test_sequence_artifact_serves_known_users_and_new_histories(seq):
+    art, retriever = seq.retriever.artifact, seq.retriever
+    info = seq.ready["artifact"]
+    assert (info["model"], info["text"], info["num_items"]) == ("sequence", seq.kind == "text", art.num_items)
+    user_id, history = long_user(art)
+    by_id = post(seq, "/recommend", {"user_id": user_id, "k": 5}).json()
+    assert by_id["served_by"] == "retrieval" and by_id["notes"] == []
+    assert_same_ranking(by_id["items"], retriever.recommend(history, k=5))
+    assert not set(ids(by_id["items"])) & set(history)  # the whole history is seen, not only the window
+    new = art.items["item_id"].iloc[[3, 8, 1]].tolist()  # a history no user has
+    body = post(seq, "/recommend", {"history": new, "k": 6}).json()
+    assert_same_ranking(body["items"], retriever.recommend(new, k=6))
+    combined = post(seq, "/recommend", {"user_id": user_id, "history": new[:1], "k": 5}).json()
+    assert_same_ranking(combined["items"], retriever.recommend(history + new[:1], k=5))
+    noted = post(seq, "/recommend", {"history": [*new, "no-such-item"], "k": 6}).json()
+    assert ids(noted["items"]) == ids(body["items"]) and "'no-such-item'" in noted["notes"][0]
+    assert post(seq, "/recommend", {"k": 3}).json()["served_by"] == "popularity"
+
+
+def test_sequence_artifact_query_is_the_newest_element_or_422_when_id_only(seq):
+    retriever = seq.retriever
+    _, history = long_user(retriever.artifact)
+    query = retriever.artifact.items["title"].iloc[3]
+    plain = post(seq, "/recommend", {"history": history, "k": 5}).json()
+    r = post(seq, "/recommend", {"history": history, "query": query, "k": 5})
+    alone = post(seq, "/recommend", {"query": query, "k": 5})
+    if seq.kind == "text":
+        assert r.status_code == 200 and r.json()["served_by"] == "retrieval"
+        assert_same_ranking(r.json()["items"], retriever.recommend(history, k=5, text=query))
+        assert [(it["item_id"], it["score"]) for it in r.json()["items"]] != \
+            [(it["item_id"], it["score"]) for it in plain["items"]]  # the query changes the user vector
+        assert alone.status_code == 200
+        assert_same_ranking(alone.json()["items"], retriever.recommend([], k=5, text=query))
+    else:
+        for answer in (r, alone):
+            assert answer.status_code == 422, answer.text
+            (detail,) = answer.json()["detail"]
+            assert detail["loc"] == ["body", "query"] and "id-only" in detail["msg"]
+    blank = post(seq, "/recommend", {"history": history, "query": "   ", "k": 5})  # no query at all
+    assert blank.status_code == 200 and ids(blank.json()["items"]) == ids(plain["items"])
+    assert post(seq, "/recommend", {"history": history, "k": 5}).json() == plain  # the server is fine
+
+
+def test_sequence_artifact_similar_items_and_lookup(seq):
+    art, retriever = seq.retriever.artifact, seq.retriever
+    item = art.items["item_id"].iloc[5]
+    body = post(seq, "/similar-items", {"item_id": item, "k": 4}).json()
+    assert_same_ranking(body["items"], retriever.similar_items(item, k=4))
+    found = seq.client.get(f"/items/{item}").json()
+    assert (found["item_id"], found["text"]) == (item, art.items["text"].iloc[5])
+
+
+def test_sequence_user_vectors_are_cached_by_the_window_and_the_query(seq):
+    art = seq.retriever.artifact
+    _, history = long_user(art)
+    older = art.items["item_id"].iloc[0]
+    keep_seen = {"exclude_seen": False}  # the same products whatever the history outside the window
+    before = cache_lookups(seq.client)
+    first = post(seq, "/recommend", {"history": history, "k": 5, "filters": keep_seen}).json()
+    again = post(seq, "/recommend", {"history": history, "k": 5, "filters": keep_seen}).json()
+    # an older item outside the newest max_len changes nothing the tower reads: the same cached vector
+    padded = post(seq, "/recommend", {"history": [older, *history], "k": 5, "filters": keep_seen}).json()
+    after = cache_lookups(seq.client)
+    assert first == again == padded
+    assert after["hit"] - before["hit"] >= 2  # (the first may hit a vector an earlier test cached)
+    assert_same_ranking(first["items"], seq.retriever.recommend([older, *history], k=5, exclude_seen=False))
+    state = seq.service.holder.current
+    key = state.user_key(art.table.positions_of_items(history))
+    assert key == (tuple(art.table.positions_of_items(history[-SEQUENCE_MAX_LEN:]).tolist()), None)
+    np.testing.assert_allclose(state.user_vectors.get(key), seq.retriever.embed_user(history), atol=1e-6)
+    if seq.kind == "text":  # the query is part of the key, whitespace-normalised
+        before = cache_lookups(seq.client)
+        a = post(seq, "/recommend", {"history": history, "query": "a light tent", "k": 5}).json()
+        b = post(seq, "/recommend", {"history": history, "query": "  a light\ttent ", "k": 5}).json()
+        other = post(seq, "/recommend", {"history": history, "query": "a heavy tent", "k": 5}).json()
+        after = cache_lookups(seq.client)
+        assert a == b and other["items"] != a["items"]
+        assert after["hit"] - before["hit"] >= 1 and after["miss"] - before["miss"] >= 1
+
+
+@pytest.mark.parametrize("kind", ["text", "ids"])
+def test_sequence_precomputed_user_vectors_serve_known_users_from_the_cache(sequence_artifacts, kind):
+    path = sequence_artifacts[kind]
+    art = Artifact.load(path)
+    user_id, history = long_user(art)
+    with ServerThread(create_app(make_cfg(path, precompute_user_vectors=True))) as srv:
+        srv.wait_ready()
+        body = httpx.post(srv.url + "/recommend", json={"user_id": user_id, "k": 5}).json()
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert 'towerrec_user_vector_cache_total{result="hit"} 1.0' in metrics
+        assert 'towerrec_user_vector_cache_total{result="miss"}' not in metrics
+    assert_same_ranking(body["items"], Retriever(art).recommend(history, k=5))
+
+
+def test_sequence_openapi_examples_are_answered(seq):
+    schema = seq.client.get("/openapi.json").json()
+    content = schema["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]
+    examples = {name: e["value"] for name, e in content["examples"].items()}
+    assert ("query" in str(examples)) == (seq.kind == "text")  # no query where the artifact embeds no text
+    for name, body in examples.items():
+        answer = post(seq, "/recommend", body)
+        assert answer.status_code == 200 and answer.json()["items"], (name, answer.text)
+
+
+def test_reload_from_a_text_artifact_to_sequence_artifacts_and_back(artifact_dir, artifact, sequence_artifacts,
+                                                                   tmp_path):
+    """One server: the text two-tower artifact, then the sequence one, the id-only one, and the text one again;
+    each answers as its own Retriever does (the item ids are the same split's), queries where it can."""
+    served = Path(shutil.copytree(artifact_dir, tmp_path / "text"))
+    _, history = long_user(artifact)
+    query = artifact.items["title"].iloc[3]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with ServerThread(create_app(make_cfg(served))) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+        assert srv.wait_ready()["artifact"]["model"] == "two_tower"
+
+        def answers() -> tuple[dict, httpx.Response]:
+            return (client.post("/recommend", json={"history": history, "k": 5}).json(),
+                    client.post("/recommend", json={"history": history, "query": query, "k": 5}))
+
+        first, first_query = answers()
+        assert_same_ranking(first["items"], Retriever(served).recommend(history, k=5))
+        for path, model, text in ((sequence_artifacts["text"], "sequence", True),
+                                  (sequence_artifacts["ids"], "sequence", False), (served, "two_tower", True)):
+            r = client.post("/admin/reload", json={"path": str(path)}, headers=auth)
+            assert r.status_code == 200, r.text
+            info = r.json()["artifact"]
+            assert (info["model"], info["text"], info["path"]) == (model, text, str(path))
+            assert client.get("/readyz").json()["artifact"]["version"] == info["version"]
+            body, with_query = answers()
+            assert body["artifact"] == info["version"]
+            retriever = Retriever(path)
+            assert_same_ranking(body["items"], retriever.recommend(history, k=5))
+            if text:
+                assert with_query.status_code == 200
+                assert_same_ranking(with_query.json()["items"], retriever.recommend(history, k=5, text=query))
+            else:
+                assert with_query.status_code == 422 and with_query.json()["detail"][0]["loc"] == ["body", "query"]
+        again, again_query = answers()
+        for now, before in ((again, first), (again_query.json(), first_query.json())):
+            assert ids(now["items"]) == ids(before["items"])
+            np.testing.assert_allclose([it["score"] for it in now["items"]],
+                                       [it["score"] for it in before["items"]], atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------ pieces
 
 
@@ -663,34 +847,35 @@ def test_budgeted_stage_times_out_refuses_when_busy_and_reports_errors():
     stage.shutdown()
 
 
-def test_embedding_batcher_shares_passes_and_matches_single_calls(retriever):
-    from towerrec.serving.batching import EmbeddingBatcher
-
+@pytest.mark.parametrize("kind", ["two_tower", "sequence"])
+def test_embedding_batcher_shares_passes_and_matches_single_calls(kind, retriever, sequence_artifacts):
+    retriever = retriever if kind == "two_tower" else Retriever(sequence_artifacts["text"])
     batcher = EmbeddingBatcher(max_batch=8, max_wait_ms=200)
-    texts = [retriever.user_text([i, i + 1]) for i in range(6)] + [retriever.user_text([0, 1])]  # one repeat
+    users = [(np.array([i, i + 1]), None) for i in range(5)] + [(np.array([2, 5]), "a gift"),
+                                                                (np.array([0, 1]), None)]  # one repeat
     results: dict[int, np.ndarray] = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.embed(retriever, texts[i])))
-               for i in range(len(texts))]
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.embed(retriever, *users[i])))
+               for i in range(len(users))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert batcher.batches < len(texts)  # shared passes (how the 7 texts split into batches is up to the threads)
-    for i, text in enumerate(texts):
-        np.testing.assert_allclose(results[i], retriever.embed_texts([text])[0], atol=1e-5)
-    # within one batch the same text is embedded once (driven directly: thread timing cannot split it)
-    before = batcher.texts
-    futures = [concurrent.futures.Future() for _ in texts]
-    batcher._run(retriever, list(zip(texts, futures)))
-    assert batcher.texts - before == 6
+    assert batcher.batches < len(users)  # shared passes (how the 7 users split into batches is up to the threads)
+    for i, (positions, query) in enumerate(users):
+        np.testing.assert_allclose(results[i], retriever.embed_histories([positions], [query])[0], atol=1e-5)
+    # within one batch the same user is embedded once (driven directly: thread timing cannot split it)
+    before = batcher.users
+    futures = [concurrent.futures.Future() for _ in users]
+    batcher._run(retriever, [(((tuple(p.tolist()), q), p, q), f) for (p, q), f in zip(users, futures)])
+    assert batcher.users - before == 6
     np.testing.assert_array_equal(futures[0].result(), futures[-1].result())
 
     class Broken:
-        def embed_texts(self, texts, batch_size):
+        def embed_histories(self, histories, texts=None, batch_size=None):
             raise RuntimeError("tower down")
 
     with pytest.raises(RuntimeError, match="tower down"):
-        batcher.embed(Broken(), "x")
+        batcher.embed(Broken(), [1, 2])
     batcher.close()
 
 
@@ -721,14 +906,25 @@ def test_openapi_document_is_json_with_examples_from_the_served_artifact(server,
         assert answer.status_code == 200 and answer.json()["items"], (name, answer.text)
 
 
-def test_the_http_server_does_not_import_lightning(artifact_dir):
-    """Serving (app, server, state) and loading an artifact need torch and the towers, never Lightning."""
+def test_the_http_server_does_not_import_lightning(artifact_dir, sequence_artifacts):
+    """Serving (app, server, state) and loading an artifact need torch and the towers, never Lightning: text
+    and sequence artifacts loaded, and a sequence artifact serving a history with a query through the service."""
+    paths = [str(artifact_dir), str(sequence_artifacts["text"]), str(sequence_artifacts["ids"])]
     code = "\n".join([
         "import sys",
         "import towerrec.serving.app, towerrec.serving.server, towerrec.serving.state",
+        "from towerrec.serving import RecommendationService, ServeConfig",
+        "from towerrec.serving.schemas import request_models",
         "from towerrec.serving.state import ServiceState",
-        f"state = ServiceState.load({str(artifact_dir)!r})",
-        "assert state.num_items > 0",
+        f"for path in {paths!r}:",
+        "    state = ServiceState.load(path)",
+        "    assert state.num_items > 0",
+        f"service = RecommendationService(ServeConfig(artifacts={paths[1]!r}))",
+        "service.load()",
+        "item = service.holder.current.table.products[0]['item_id']",
+        "req = request_models(service.cfg).RecommendRequest(history=[item], query='a tent', k=3)",
+        "assert len(service.recommend(req)['items']) == 3",
+        "service.close()",
         "found = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning'))",
         "assert not found, found",
     ])

@@ -9,10 +9,10 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_paths
+from helpers.cli import explain, run_cli
+from helpers.data import ROOT, run_paths
 from helpers.loader_files import QUOTED_PRODUCT, quote_files
 from omegaconf import OmegaConf
-from test_train import _explain, run_cli
 
 from towerrec.artifact.format import ArtifactError
 from towerrec.data.schema import DataError
@@ -65,10 +65,10 @@ def test_bad_input_prints_one_sentence_and_exits_nonzero(tmp_path, case):
     args, sentence = case(tmp_path)
     run_dir = tmp_path / "run"
     proc = run_cli([*args, *run_paths(tmp_path), f"hydra.run.dir={run_dir}"], timeout=180)
-    assert proc.returncode == 1, _explain(proc)
+    assert proc.returncode == 1, explain(proc)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: {sentence}"), _explain(proc)
-    assert "Traceback" not in proc.stderr + proc.stdout, _explain(proc)
+    assert len(errors) == 1 and errors[0].startswith(f"error: {sentence}"), explain(proc)
+    assert "Traceback" not in proc.stderr + proc.stdout, explain(proc)
     assert len(errors[0].replace(str(tmp_path), "")) < 400 and ". " not in errors[0]  # long values are cut
     assert errors[0].removeprefix("error: ") in (run_dir / "train.log").read_text()  # the job log says why too
 
@@ -78,9 +78,9 @@ def test_hydra_full_error_shows_the_traceback(tmp_path):
     args, sentence = missing_file(tmp_path)
     proc = run_cli([*args, *run_paths(tmp_path), f"hydra.run.dir={tmp_path / 'run'}"], timeout=180,
                    HYDRA_FULL_ERROR="1")
-    assert proc.returncode == 1, _explain(proc)
+    assert proc.returncode == 1, explain(proc)
     assert "Traceback (most recent call last)" in proc.stderr and f"DataError: {sentence}" in proc.stderr
-    assert not any(line.startswith("error: ") for line in proc.stderr.splitlines()), _explain(proc)
+    assert not any(line.startswith("error: ") for line in proc.stderr.splitlines()), explain(proc)
 
 
 @pytest.fixture

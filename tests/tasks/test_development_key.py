@@ -6,7 +6,7 @@ served artifact: real data is refused at export unless the run says it is a deve
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT
+from helpers.data import ROOT
 
 from towerrec.artifact import Artifact, ArtifactError
 from towerrec.data.privacy import ENV_VAR

@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_paths
+from helpers.cli import cli_command, cli_env, explain, run_cli
+from helpers.data import run_paths
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTS = ROOT / "tests"
+
 
 # A smaller world than experiment=tiny alone: 37 training batches of 16, about 2 s an epoch on one core.
 SMALL = [
@@ -483,33 +484,13 @@ def test_ddp_loss_gathers_negatives_across_ranks(tmp_path):
 # ------------------------------------------------------------------------------------------------------
 
 
-def _env(**extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
-    env.update(extra)
-    return env
-
-
-def _cli(args: list[str]) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), *args]
-
-
-def run_cli(args: list[str], timeout: float = 300, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(_cli(args), cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=timeout)
-
-
-def _explain(proc) -> str:
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
-
-
 @pytest.mark.slow
 def test_cli_run_keeps_raw_user_ids_out_of_every_file(tmp_path):
     """The real entry point: Hydra's own outputs (.hydra/*.yaml, the job log) hold no raw ids either."""
     items, events, raw_ids = write_table_fixture(tmp_path / "input")
     run_dir = tmp_path / "run"
     proc = run_cli([*table_overrides(items, events), *run_paths(tmp_path), f"hydra.run.dir={run_dir}"])
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain(proc)
     _check_metrics(_read_metrics(run_dir))
     for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "debug.log", "csv/metrics.csv", "csv/hparams.yaml",
                  "checkpoints/last.ckpt"):
@@ -526,14 +507,14 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     kill = ["+callbacks.crash._target_=helpers.crash_callback.KillAt", "+callbacks.crash.epoch=1",
             "+callbacks.crash.batch=3"]
     # the uninterrupted run and the crashing run side by side (one core each)
-    procs = [subprocess.Popen(_cli([*common, f"hydra.run.dir={reference_dir}"]), cwd=ROOT, env=_env(),
+    procs = [subprocess.Popen(cli_command([*common, f"hydra.run.dir={reference_dir}"]), cwd=ROOT, env=cli_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-             subprocess.Popen(_cli([*common, *kill, f"hydra.run.dir={crashed_dir}"]), cwd=ROOT, env=_env(),
+             subprocess.Popen(cli_command([*common, *kill, f"hydra.run.dir={crashed_dir}"]), cwd=ROOT, env=cli_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
     outs = [p.communicate(timeout=300) for p in procs]
     reference, crashed = [subprocess.CompletedProcess(p.args, p.returncode, *o) for p, o in zip(procs, outs)]
-    assert reference.returncode == 0, _explain(reference)
-    assert crashed.returncode == -signal.SIGKILL, _explain(crashed)
+    assert reference.returncode == 0, explain(reference)
+    assert crashed.returncode == -signal.SIGKILL, explain(crashed)
     ckpts = crashed_dir / "checkpoints"
     assert (ckpts / "last.ckpt").is_file() and (ckpts / "epoch_000.ckpt").is_file()
     assert not (ckpts / "epoch_001.ckpt").exists() and not (crashed_dir / "metrics.json").exists()
@@ -543,7 +524,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     tripwire = ["+callbacks.crash._target_=helpers.crash_callback.KillAt", "+callbacks.crash.epoch=0",
                 "+callbacks.crash.batch=0", "+callbacks.crash.require_last_ckpt=false"]
     resumed = run_cli([*common, *tripwire, f"hydra.run.dir={crashed_dir}", f"ckpt_path={ckpts / 'last.ckpt'}"])
-    assert resumed.returncode == 0, _explain(resumed)
+    assert resumed.returncode == 0, explain(resumed)
     expected, got = _read_metrics(reference_dir), _read_metrics(crashed_dir)
     keys = sorted(k for k in expected if k.startswith(("val/", "test/")))
     assert keys and keys == sorted(k for k in got if k.startswith(("val/", "test/")))
@@ -570,7 +551,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     args = [*SMALL, *run_paths(tmp_path), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
             "trainer.max_epochs=1", "trainer.log_every_n_steps=1", "logger=csv", f"hydra.run.dir={run_dir}"]
     proc = run_cli(args, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain(proc)
     metrics = _read_metrics(run_dir)
     _check_metrics(metrics)
 
@@ -601,7 +582,7 @@ def test_multirun_sweep_writes_one_job_dir_per_value(tmp_path):
 
     sweep_dir = tmp_path / "sweep"
     proc = run_cli(["-m", *FAST, *run_paths(tmp_path), "loss.temperature=0.03,0.05", f"hydra.sweep.dir={sweep_dir}"])
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain(proc)
     jobs = _job_dirs(sweep_dir)
     assert [p.name for p in jobs] == ["0", "1"]
     temperatures = []
@@ -616,7 +597,7 @@ def test_multirun_sweep_writes_one_job_dir_per_value(tmp_path):
 def test_crashing_job_does_not_end_the_sweep(tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = run_cli(["-m", *FAST, *run_paths(tmp_path), "model.pooling=bogus,mean", f"hydra.sweep.dir={sweep_dir}"])
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain(proc)
     bad, good = _job_dirs(sweep_dir)
     error = (bad / "error.log").read_text()
     assert "Traceback" in error and "pooling must be 'mean' or 'cls', got 'bogus'" in error
@@ -648,7 +629,7 @@ def test_optuna_search_survives_a_failed_trial(tmp_path):
             "+callbacks.fail._target_=helpers.crash_callback.FailInJob", "+callbacks.fail.job=1",
             f"hydra.sweep.dir={sweep_dir}"]
     proc = run_cli(args)
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain(proc)
     jobs = _job_dirs(sweep_dir)
     assert [p.name for p in jobs] == ["0", "1", "2"]
     failed, done = jobs[1], [jobs[0], jobs[2]]

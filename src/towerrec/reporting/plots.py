@@ -52,9 +52,11 @@ __all__ = [
 FIGURES_DIR = "figures"
 DPI = 110
 # fixed colours, so a model looks the same in every figure of a run
-MODEL_COLORS = {"two-tower": "#1f77b4", "item-KNN": "#ff7f0e", "zero-shot": "#2ca02c", "popularity": "#7f7f7f"}
+MODEL_COLORS = {"two-tower": "#1f77b4", "item-KNN": "#ff7f0e", "zero-shot": "#2ca02c", "popularity": "#7f7f7f",
+                "sequence": "#d62728"}
 OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#d62728")
-DISPLAY_NAMES = {"two_tower": "two-tower", "itemknn": "item-KNN", "zeroshot": "zero-shot", "popularity": "popularity"}
+DISPLAY_NAMES = {"two_tower": "two-tower", "sequence": "sequence", "itemknn": "item-KNN", "zeroshot": "zero-shot",
+                 "popularity": "popularity"}
 
 
 def _colors(names: Sequence[str]) -> dict[str, str]:

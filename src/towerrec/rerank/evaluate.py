@@ -2,10 +2,11 @@
 
 For each stage, `rerank.eval.{valid,test}_users` users are drawn with `rerank.eval.seed` (the same users for
 every method). Each user is embedded and searched exactly as `towerrec.retrieval.evaluate_artifact` does
-(history items excluded), giving the top `rerank.top_n` candidates with their retrieval scores. A method
-orders those candidates; the harness then ranks the full catalog as: the reordered top-N first, then every
-other item by retrieval score, history items excluded (-inf), so every metric (Recall/NDCG/MRR@K, coverage,
-novelty, ...) is the harness's own and "retrieval" reproduces `evaluate_artifact` on those users.
+(`Retriever.embed_histories`, for text and sequence artifacts alike; history items excluded), giving the top
+`rerank.top_n` candidates with their retrieval scores. A method orders those candidates; the harness then
+ranks the full catalog as: the reordered top-N first, then every other item by retrieval score, history items
+excluded (-inf), so every metric (Recall/NDCG/MRR@K, coverage, novelty, ...) is the harness's own and
+"retrieval" reproduces `evaluate_artifact` on those users.
 
 Methods: `retrieval` (retrieval order), `lm` (the zero-shot LM score alone; ties in retrieval order), `fused`
 (fusion of both with the weight tuned on the validation users, grid including 0), and with an adapter,
@@ -94,8 +95,7 @@ def retrieve(retriever: Retriever, split: Split, stage: str, users: np.ndarray, 
     catalog = catalog or _Catalog(retriever, split)
     examples = split.examples(stage)
     histories = [examples.histories[u] for u in users]
-    texts = [retriever.user_text(catalog.position[h]) for h in histories]
-    user_emb = retriever.embed_texts(texts, batch_size)  # (U, D)
+    user_emb = retriever.embed_histories([catalog.position[h] for h in histories], batch_size=batch_size)  # (U, D)
     exclude = [{int(catalog.table.row_ids[p]) for p in catalog.position[h] if p >= 0} for h in histories]
     hits = retriever.search(user_emb, top_n, exclude)
     items, scores = [], []

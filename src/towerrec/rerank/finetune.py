@@ -183,7 +183,7 @@ def build_examples(split, retriever, cfg: FinetuneConfig, num_candidates: int, s
     examples = []
     for start in tqdm(range(0, len(targets), 64), desc="hard negatives", unit="batch", disable=not progress):
         hist = histories[start : start + 64]
-        vecs = retriever.embed_texts([retriever.user_text(h) for h in hist])  # (B, D)
+        vecs = retriever.embed_histories(hist)  # (B, D)
         seen = [set(art.row_ids[h].tolist()) for h in hist]
         hits = retriever.search(vecs, n_retrieved, seen)
         for target, h, found in zip(targets[start : start + 64], hist, hits):

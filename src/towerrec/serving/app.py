@@ -120,8 +120,8 @@ def create_app(cfg: ServeConfig, *, service: RecommendationService | None = None
         service.close()
 
     app = FastAPI(title="towerrec", version="0.1.0", lifespan=lifespan,
-                  description="Recommendations from an exported two-tower artifact, with optional LM rerank, "
-                              "explanations and product copy.")
+                  description="Recommendations from an exported artifact (text two-tower or sequence model), "
+                              "with optional LM rerank, explanations and product copy.")
     app.state.service = service
     app.router.route_class = StrictJSONRoute  # every route parses its body with body.parse_json
     bearer = HTTPBearer(auto_error=False, description="the reload token (TOWERREC_RELOAD_TOKEN)")
@@ -269,10 +269,12 @@ def add_examples(schema: dict, state: ServiceState) -> None:
         content = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         content["examples"] = {name: {"value": value} for name, value in examples.items()}
 
-    recommend = {"history": {"history": [item, other], "k": 5},
-                 "search": {"history": [item], "query": popular[2]["title"][:60], "k": 5,
-                            "filters": {"category": category, "price_max": 1000.0}},
-                 "cold_start": {"k": 5}}
+    search = {"history": [item], "query": popular[2]["title"][:60], "k": 5,
+              "filters": {"category": category, "price_max": 1000.0}}
+    recommend = {"history": {"history": [item, other], "k": 5}, "search": search, "cold_start": {"k": 5}}
+    if not state.has_text_path:  # an id-only sequence model embeds no free text (a query is a 422)
+        search.pop("query")
+        recommend["filtered"] = recommend.pop("search")
     if user_id is not None:
         recommend["known_user"] = {"user_id": user_id, "k": 5, "rerank": True}
     body("/recommend", recommend)

@@ -1,12 +1,14 @@
 """Dynamic batching of user-tower calls: concurrent requests that need a user vector share one forward pass.
 
-On CPU a transformer forward pass over B texts costs much less than B passes over one text (the per-call
-overhead and the small matrix products of a single sequence waste most of the core), and running one pass at a
-time keeps the handler threads from fighting over the cores. `EmbeddingBatcher.embed(retriever, text)` queues
-the text and blocks until its vector is ready; one worker thread takes the first waiting text, gathers more for
-at most `max_wait_ms` (or until `max_batch` texts), and embeds them together with that retriever (texts of
-different artifacts, around a reload, are embedded in separate passes). A failure is raised in every caller
-of the batch.
+On CPU a transformer forward pass over B users costs much less than B passes over one (the per-call overhead
+and the small matrix products of a single sequence waste most of the core), and running one pass at a time
+keeps the handler threads from fighting over the cores. `EmbeddingBatcher.embed(retriever, positions, query)`
+queues a user (a history of table positions, oldest first, and an optional free-text query) and blocks until
+its vector is ready; one worker thread takes the first waiting user, gathers more for at most `max_wait_ms`
+(or until `max_batch` users), and embeds them together with that retriever's `embed_histories` (the one path
+of text and sequence artifacts; users of different artifacts, around a reload, are embedded in separate
+passes). Users with the same `key` (the service's user-vector cache key) in one batch are embedded once. A
+failure is raised in every caller of the batch.
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ class EmbeddingBatcher:
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="towerrec-embed", daemon=True)
         self._thread.start()
-        self.batches = self.texts = 0  # counters for metrics / tests
+        self.batches = self.users = 0  # counters for metrics / tests: batches run, users embedded
 
-    def embed(self, retriever, text: str) -> np.ndarray:
-        """(D,) unit-norm user vector of a ready-made user text, computed in a shared batch."""
+    def embed(self, retriever, positions, query: str | None = None, key=None) -> np.ndarray:
+        """(D,) unit-norm user vector of a history (table positions, oldest first) and optional free text,
+        computed in a shared batch. `key`: what identifies the input (equal keys are embedded once per
+        batch); default the positions and the query."""
+        if key is None:
+            key = (tuple(int(p) for p in np.asarray(positions).reshape(-1)), query)
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put((retriever, text, future))
+        self._queue.put((retriever, (key, positions, query), future))
         return future.result()
 
     def close(self) -> None:
@@ -61,17 +67,22 @@ class EmbeddingBatcher:
                 self._run(retriever, [(t, f) for r, t, f in batch if r is retriever])
 
     def _run(self, retriever, jobs: list) -> None:
-        texts = list(dict.fromkeys(t for t, _ in jobs))  # the same text twice is embedded once
+        """Embed `jobs`, ((key, positions, query), future) pairs, in one `embed_histories` call."""
+        unique: dict = {}  # key -> (positions, query): the same user twice is embedded once
+        for (key, positions, query), _ in jobs:
+            unique.setdefault(key, (positions, query))
+        inputs = list(unique.values())
         try:
-            vectors = retriever.embed_texts(texts, batch_size=len(texts))  # (B, D)
+            vectors = retriever.embed_histories([p for p, _ in inputs], [q for _, q in inputs],
+                                                batch_size=len(inputs))  # (B, D)
         except Exception as e:
             for _, future in jobs:
                 future.set_exception(e)
             return
-        by_text = dict(zip(texts, vectors))
-        for text, future in jobs:
-            future.set_result(by_text[text])
+        by_key = dict(zip(unique, vectors))
+        for (key, _, _), future in jobs:
+            future.set_result(by_key[key])
         self.batches += 1
-        self.texts += len(texts)
+        self.users += len(inputs)
         if self.on_batch is not None:
-            self.on_batch(len(texts))
+            self.on_batch(len(inputs))

@@ -45,10 +45,10 @@ class ServeConfig:
     max_history: int = 200  # history item ids per request
     max_text_chars: int = 1000  # free text (query) length
     max_id_chars: int = 200  # user and item id length
-    user_cache_size: int = 10000  # user vectors cached by their rendered user text (0: no cache)
+    user_cache_size: int = 10000  # user vectors cached by what determines them (ServiceState.user_key; 0: none)
     precompute_user_vectors: bool = False  # embed every known user at load (before ready, and on each reload)
-    embed_batch_size: int = 32  # concurrent user-tower calls share a forward pass of up to this many texts (1: off)
-    embed_batch_wait_ms: float = 2.0  # how long the first text of a batch waits for others
+    embed_batch_size: int = 32  # concurrent user-tower calls share a forward pass of up to this many users (1: off)
+    embed_batch_wait_ms: float = 2.0  # how long the first user of a batch waits for others
     threads: int = 1  # torch / FAISS threads per request; requests run concurrently in a thread pool
     worker_threads: int = 64  # that thread pool's size
     exit_on_load_failure: bool = True  # a failed first load stops the server (else /readyz stays 503)

@@ -34,7 +34,7 @@ class Metrics:
                                  "LM slots taken), error, disabled", ["stage", "reason"], registry=r)
         self.stage_latency = Histogram("towerrec_stage_duration_seconds", "time spent per stage of a request",
                                        ["stage"], buckets=LATENCY_BUCKETS, registry=r)
-        self.embed_batch = Histogram("towerrec_embed_batch_size", "user texts per user-tower forward pass",
+        self.embed_batch = Histogram("towerrec_embed_batch_size", "users per user-tower forward pass",
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.user_cache = Counter("towerrec_user_vector_cache", "user vector cache lookups", ["result"], registry=r)
         self.reloads = Counter("towerrec_reloads", "artifact reloads", ["outcome"], registry=r)

@@ -51,9 +51,9 @@ class ScoredItem(ItemInfo):
 
 class RecommendResponse(BaseModel):
     items: list[ScoredItem]
-    served_by: ServedBy = Field(description="retrieval: two-tower order; rerank: LM-reranked; popularity: cold "
-                                            "start (no history, no query); degraded: rerank was asked for but "
-                                            "did not run in time, retrieval order returned")
+    served_by: ServedBy = Field(description="retrieval: the artifact's retrieval order; rerank: LM-reranked; "
+                                            "popularity: cold start (no history, no query); degraded: rerank was "
+                                            "asked for but did not run in time, retrieval order returned")
     degraded: bool = Field(description="a requested stage (rerank, explanations) was skipped: see notes")
     notes: list[str] = Field(default_factory=list, description="why a stage was skipped, ignored history items")
     artifact: str = Field(description="version (manifest hash) of the artifact that served the request")
@@ -88,6 +88,10 @@ class HealthResponse(BaseModel):
 class ArtifactInfo(BaseModel):
     path: str
     version: str
+    model: str = Field(description="the model kind: two_tower (text towers) or sequence (a transformer over the "
+                                   "history's product vectors)")
+    text: bool = Field(description="whether the artifact embeds free text: false for an id-only sequence model, "
+                                   "where a request with a query is refused (422)")
     num_items: int
     dim: int
     index: str
@@ -160,7 +164,9 @@ def request_models(cfg: ServeConfig) -> RequestModels:
         history: list[Id] = Field(default_factory=list, max_length=cfg.max_history,
                                   description="item ids, oldest first; ids unknown to the artifact are ignored "
                                               "(listed in notes)")
-        query: Text | None = Field(None, description="free text combined with the history (personalized search)")
+        query: Text | None = Field(None, description="free text combined with the history (personalized "
+                                                     "search); 422 on an artifact that embeds no free text (an "
+                                                     "id-only sequence model: /readyz artifact.text is false)")
         k: WholeNumber = Field(10, ge=1, le=cfg.max_k, description="products to return")
         filters: Filters = Field(default_factory=Filters)
         rerank: bool = Field(False, description="rerank retrieval candidates with the LM (within its time budget)")

@@ -2,14 +2,18 @@
 
 A recommendation, step by step:
 1. The user: a known user's stored history (`Artifact.user_history`), then the request's history appended
-   (oldest first), then the optional query as the newest "item" (the Retriever's user text). History ids the
-   artifact does not know (e.g. removed products) are ignored and listed in `notes`.
+   (oldest first), then the optional query as the newest "item" (`Retriever.embed_histories`: in the user
+   text of a text two-tower artifact, the newest element of a sequence artifact's window). History ids the
+   artifact does not know (e.g. removed products) are ignored and listed in `notes`. A query on an artifact
+   that embeds no free text (an id-only sequence model) is refused, 422 naming `query`.
 2. Filters become one boolean mask over the table positions: category prefix (`Retriever.category_mask`,
    asked only for category paths that exist, so arbitrary strings cannot grow its cache) and price range
    (unknown prices are left out when a bound is given). Seen items are excluded by row id.
 3. No usable history and no query: the most popular products that pass the filters (`served_by=popularity`).
-   Otherwise the user vector (cached by its exact user text, which fully determines it; on a miss computed
-   in a batch shared with concurrent requests, `batching.EmbeddingBatcher`) is searched with
+   Otherwise the user vector (cached under `ServiceState.user_key`, which fully determines it: the exact user
+   text, or a sequence model's newest max_len positions and the query; on a miss computed through
+   `Retriever.embed_histories` in a batch shared with concurrent requests, `batching.EmbeddingBatcher`) is
+   searched with
    `Retriever.search(..., mask=...)`: exactly k results whenever k products pass, exact scoring for selective
    masks and as the fallback of approximate indexes.
 4. `rerank`: the top `candidates` (the artifact's product dicts) go to the LM reranker under its time budget
@@ -224,16 +228,20 @@ class RecommendationService:
         return mask
 
     def _user_vector(self, state: ServiceState, positions: np.ndarray, query: str | None) -> np.ndarray:
-        text = state.retriever.user_text(positions, query)
-        vec = state.user_vectors.get(text)
+        if query is not None and not state.has_text_path:  # refused before it can fail a shared batch
+            raise InvalidField(("body", "query"), "the served artifact's model is id-only (model.text=false), so "
+                                                  "it cannot embed a free-text query: send a history or a user "
+                                                  "id without one")
+        key = state.user_key(positions, query)
+        vec = state.user_vectors.get(key)
         if vec is None:
             self.metrics.user_cache.labels(result="miss").inc()
             with self.metrics.time_stage("embed"):  # waiting for the batch included
                 if self.batcher is not None:
-                    vec = self.batcher.embed(state.retriever, text)  # (D,)
+                    vec = self.batcher.embed(state.retriever, positions, query, key=key)  # (D,)
                 else:
-                    vec = state.retriever.embed_texts([text])[0]  # (D,)
-            state.user_vectors.put(text, vec)
+                    vec = state.retriever.embed_histories([positions], [query])[0]  # (D,)
+            state.user_vectors.put(key, vec)
         else:
             self.metrics.user_cache.labels(result="hit").inc()
         return vec

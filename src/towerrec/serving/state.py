@@ -2,9 +2,14 @@
 
 `ServiceState.load(path)` does all the work of bringing an artifact into service before anyone sees it:
 `Artifact.load(verify=True)` (manifest, checksums, shapes; files are only read), the user tower rebuilt and
-run once on a probe text, known users read, and what requests need beyond the artifact's `ItemTable` (id
-maps, shown product fields, prices) precomputed: popularity order, category prefixes. A state is never modified
-afterwards except for its caches.
+run once on a probe history (`Retriever.embed_histories`, the one user path of text and sequence artifacts;
+with a probe query where the artifact can embed free text), known users read, and what requests need beyond
+the artifact's `ItemTable` (id maps, shown product fields, prices) precomputed: popularity order, category
+prefixes. A state is never modified afterwards except for its caches.
+
+User vectors are cached under `ServiceState.user_key(positions, query)`, a key that fully determines the
+vector: the rendered user text for a text two-tower artifact (the user tower's exact input), and for a sequence
+artifact the newest `max_len` history positions (all the tower reads) with the whitespace-normalised query.
 
 `StateHolder` holds the current state in one attribute. A request reads `holder.current` once and uses that
 state to the end, so it never mixes two artifacts; `reload` builds a complete new state first and then
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 import hashlib
 import logging
 import threading
@@ -91,6 +97,8 @@ class ServiceState:
         self.texts = artifact.items["text"].astype(str).tolist()  # the product-tower text, for /items
         self.categories = category_prefixes([p["category"] for p in self.table.products])  # filters that match
         self.user_vectors = LRUCache(user_cache_size)
+        self.is_sequence = self.retriever.is_sequence
+        self.has_text_path = artifact.has_text_path  # false: an id-only sequence model (no free-text queries)
         self.known_users = 0
         self.explainer = None  # set before the state is served when explanations are enabled (its vocabulary)
 
@@ -116,14 +124,33 @@ class ServiceState:
         if art.has_users:
             users = art.users  # reads users.parquet now, not inside the first request
             state.known_users = len(users)
-        if warm:  # build the user tower and run it once: the first request pays no start-up cost
-            state.retriever.embed_texts([state.retriever.user_text([0])])
+        if warm:  # build the user tower (and a sequence model's query text path) and run it once: the first
+            # request pays no start-up cost
+            probe = np.arange(min(1, state.num_items), dtype=np.int64)
+            state.retriever.embed_histories([probe], ["warm up" if state.has_text_path else None])
         if precompute_users and users:
             state.precompute_user_vectors(list(users.values()), batch_size)
         log.info("loaded artifact %s (version %s): %d items, dim %d, index %s, %d known users, in %.1f s",
                  state.path, state.version, state.num_items, art.dim, describe(art.index), state.known_users,
                  time.perf_counter() - start)
         return state
+
+    @functools.cached_property
+    def max_len(self) -> int | None:
+        """The sequence user tower's window (its tower.json; None for text towers)."""
+        return self.artifact.user_tower.max_len if self.is_sequence else None
+
+    def user_key(self, positions: np.ndarray, query: str | None = None):
+        """The user-vector cache key of a history (table positions, oldest first; negative = unknown, skipped)
+        and an optional free-text query: one that fully determines the vector `Retriever.embed_histories`
+        computes. Text towers: the rendered user text (str). Sequence towers: (newest max_len positions,
+        whitespace-normalised query or None) (a tuple, never equal to a text key)."""
+        if not self.is_sequence:
+            return self.retriever.user_text(positions, query)
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        pos = pos[pos >= 0][-self.max_len:]
+        text = " ".join(query.split()) if query else ""
+        return tuple(pos.tolist()), text or None
 
     def precompute_user_vectors(self, histories: Sequence[Sequence[str]], batch_size: int = 64) -> int:
         """Embed these histories (item ids, oldest first) into the user-vector cache; returns how many."""
@@ -132,18 +159,19 @@ class ServiceState:
         if len(histories) > self.user_vectors.size:
             log.warning("service.user_cache_size (%d) is below the %d known users: only the last ones stay cached",
                         self.user_vectors.size, len(histories))
-        texts = []
-        for history in histories:  # the text a request for this user renders (unknown ids dropped likewise)
+        unique: dict = {}  # key -> positions: what a request for this user reads (unknown ids dropped likewise)
+        for history in histories:
             pos = self.table.positions_of_items(history)
-            texts.append(self.retriever.user_text(pos[pos >= 0]))
-        texts = list(dict.fromkeys(texts))
+            pos = pos[pos >= 0].astype(np.int64)
+            unique.setdefault(self.user_key(pos), pos)
+        keys, positions = list(unique), list(unique.values())
         start = time.perf_counter()
-        for i in tqdm(range(0, len(texts), batch_size), desc="user vectors", mininterval=10):
-            chunk = texts[i : i + batch_size]
-            for text, vec in zip(chunk, self.retriever.embed_texts(chunk, batch_size)):
-                self.user_vectors.put(text, vec)
-        log.info("precomputed %d user vectors in %.1f s", len(texts), time.perf_counter() - start)
-        return len(texts)
+        for i in tqdm(range(0, len(keys), batch_size), desc="user vectors", mininterval=10):
+            vectors = self.retriever.embed_histories(positions[i : i + batch_size], batch_size=batch_size)
+            for key, vec in zip(keys[i : i + batch_size], vectors):
+                self.user_vectors.put(key, vec)
+        log.info("precomputed %d user vectors in %.1f s", len(keys), time.perf_counter() - start)
+        return len(keys)
 
     def position(self, item_id: str) -> int:
         """Table position of an item id, -1 if unknown."""
@@ -151,7 +179,8 @@ class ServiceState:
 
     def info(self) -> dict:
         art = self.artifact
-        return {"path": self.path, "version": self.version, "num_items": self.num_items, "dim": art.dim,
+        return {"path": self.path, "version": self.version, "model": art.kind, "text": self.has_text_path,
+                "num_items": self.num_items, "dim": art.dim,
                 "index": str(art.manifest["index"].get("factory", "")), "known_users": self.known_users,
                 "loaded_at": self.loaded_at}
 

@@ -39,7 +39,7 @@ def _model_scorer(cfg, split: Split, objects: Mapping) -> tuple[str, object] | N
         log.info("figures: the two-tower model was not exported (export.enabled=false): no K curves for it")
         return None
     batch = int(cfg.model.datamodule.eval_batch_size) if "datamodule" in cfg.model else 256
-    return "two-tower", ArtifactScorer(artifact, split, "test", batch_size=batch, progress=True)
+    return DISPLAY_NAMES.get(kind, kind), ArtifactScorer(artifact, split, "test", batch_size=batch, progress=True)
 
 
 def save_figures_after_training(cfg, run_dir: str | Path, split: Split, objects: Mapping) -> dict[str, Path]:
@@ -121,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     scorers: dict[str, object] = {}
     if (run_dir / "artifact").is_dir():
         batch = int(cfg.model.datamodule.eval_batch_size) if "datamodule" in cfg.model else 256
-        scorers["two-tower"] = ArtifactScorer(run_dir / "artifact", split, args.stage, batch_size=batch,
-                                                       progress=True)
+        name = DISPLAY_NAMES.get(cfg.model.kind, cfg.model.kind)
+        scorers[name] = ArtifactScorer(run_dir / "artifact", split, args.stage, batch_size=batch, progress=True)
     elif cfg.model.kind in BASELINES and cfg.model.kind not in kinds:
         kinds.insert(0, cfg.model.kind)
     scorers.update(_baseline_scorers(kinds, cfg, split, args.conf_dir))
