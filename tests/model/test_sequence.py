@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from towerrec.artifact import Artifact
 from towerrec.data.sequences import right_aligned, training_windows
 from towerrec.model import text_vectors as tv
 from towerrec.model.loss import full_softmax_loss
@@ -136,28 +137,13 @@ def test_text_vector_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("preset", ["sequence", "sequence_ids", "sasrec"])
 @pytest.mark.parametrize("loss", ["inbatch", "full"])
-def test_presets_compose_and_train_on_the_tiny_setting(preset, loss, tmp_path):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
+def test_presets_compose_and_train_on_the_tiny_setting(preset, loss, tmp_path, compose_cfg):
     from towerrec.tasks.train import train
 
     overrides = ["experiment=tiny_sequence", f"model={preset}", f"loss={loss}", "model.dim=16", "model.max_len=10",
                  "data.num_users=80", "data.num_items=60", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-                 "logger=none", "plots=false", f"paths.log_dir={tmp_path / 'logs'}",
-                 f"paths.cache_dir={tmp_path / 'cache'}"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-    HydraConfig.instance().set_config(cfg)
-    try:
-        with open_dict(cfg):
-            del cfg["hydra"]
-        metrics, objects = train(cfg)
-    finally:
-        HydraConfig.instance().cfg = None
+                 "logger=none", "plots=false"]
+    metrics, objects = train(compose_cfg(overrides, tmp_path / "run"))
     module = objects["module"]
     assert (module.model.items.adapter is None) == (preset == "sasrec")
     assert (module.model.items.ids is not None) == (preset != "sequence")
@@ -165,8 +151,6 @@ def test_presets_compose_and_train_on_the_tiny_setting(preset, loss, tmp_path):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["test_kept/recall@50"] >= 0
     # every preset exports (tests/artifact/test_sequence_export.py checks the artifact itself)
-    from towerrec.artifact import Artifact
-
     art = Artifact.load(objects["artifact"])
     assert art.kind == "sequence" and art.has_text_path == (preset != "sasrec")
     assert art.manifest["model"]["item_ids"] == (preset != "sequence")

@@ -41,8 +41,6 @@ class RetrievalModule(CatalogRankingModule):
                                           "model_config"])
         self._store_hparams()
         self.model = model
-        counts = torch.as_tensor(self.item_counts, dtype=torch.float32)
-        self.register_buffer("log_q", losses.log_q_from_counts(counts), persistent=False)
         self.memory = losses.CrossBatchMemory(memory_size) if memory_size else None
         self.automatic_optimization = cache_chunk_size is None
 

@@ -4,7 +4,8 @@ At the start of an evaluation epoch the subclass's `catalog_vectors()` embeds ev
 batch's users are embedded by `user_vectors(batch)` (B, D) and kept by `example_idx`; at the end the harness
 (`towerrec.evaluation.evaluate`) ranks the full catalog for every user, under the configured protocol and,
 with `eval.both_protocols`, the other one too (`<stage>_kept/...`: history items kept, RecBole's protocol).
-It also holds what the modules share: the temperature, per-epoch seeding and the optimizer set-up.
+It also holds what the modules share: the temperature, the logQ table, per-epoch seeding and the optimizer
+set-up.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from towerrec import evaluation
 from towerrec.data.splits import Examples
+from towerrec.model import loss as losses
 
 
 class CatalogRankingModule(L.LightningModule):
@@ -31,6 +33,8 @@ class CatalogRankingModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
         self.item_counts = np.zeros(1) if item_counts is None else np.asarray(item_counts)
+        counts = torch.as_tensor(self.item_counts, dtype=torch.float32)
+        self.register_buffer("log_q", losses.log_q_from_counts(counts), persistent=False)  # (N,) logQ correction
         self._model_config = dict(model_config or {})
         self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._item_emb: torch.Tensor | None = None

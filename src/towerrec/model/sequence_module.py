@@ -42,8 +42,6 @@ class SequenceModule(CatalogRankingModule):
                                           "model_config"])
         self._store_hparams()
         self.model = model
-        counts = torch.as_tensor(self.item_counts, dtype=torch.float32)
-        self.register_buffer("log_q", losses.log_q_from_counts(counts), persistent=False)
 
     def slot_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """inputs, targets (B, L) positions (-1: padding / no target) -> the mean loss over predicting slots."""
