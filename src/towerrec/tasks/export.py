@@ -52,7 +52,7 @@ def development_key(cfg: DictConfig) -> bool:
 
 def export_run(cfg: DictConfig, objects: Mapping, metrics: Mapping | None,
                out_dir: str | os.PathLike | None = None) -> Path | None:
-    """Export at the end of `towerrec.tasks.train.fit_two_tower` (call on global rank zero only).
+    """Export at the end of `towerrec.tasks.train.fit_towers` (call on global rank zero only).
 
     `objects`: its dict (module.model holds the best checkpoint's weights after trainer.test; for a sequence
     run the datamodule holds the text config and the frozen text encoder + tokenizer, see

@@ -95,8 +95,9 @@ def sequence_from_config(cfg: DictConfig, split: Split):
     return module, datamodule, tokenizer
 
 
-def fit_two_tower(cfg: DictConfig, split: Split, loggers: list, run_dir: Path):
-    """Build towers, data and trainer from config; fit; validate and test the best checkpoint."""
+def fit_towers(cfg: DictConfig, split: Split, loggers: list, run_dir: Path):
+    """Build the towers (text two-tower or sequence), data and trainer from config; fit; validate and test the best
+    checkpoint."""
     if cfg.model.kind == "sequence":
         module, datamodule, tokenizer = sequence_from_config(cfg, split)
     else:
@@ -147,7 +148,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             lg.log_metrics(metrics)
     else:
-        metrics, objects = fit_two_tower(cfg, split, loggers, run_dir)
+        metrics, objects = fit_towers(cfg, split, loggers, run_dir)
         if objects["trainer"].is_global_zero and cfg.export.enabled:  # two-tower and sequence runs alike
             objects["artifact"] = export_run(cfg, objects, metrics)
             log.info("exported the serving artifact to %s", objects["artifact"])
