@@ -202,16 +202,6 @@ class RetrievalDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    def catalog_loader(self, batch_size: int | None = None) -> DataLoader:
-        """Every catalog item once, batches of similar length: yields input_ids, attention_mask, item_idx."""
-        order = np.argsort([len(t) for t in self.item_tokens], kind="stable")
-
-        def collate(rows: list[int]) -> dict:
-            batch = pad_batch([self.item_tokens[i] for i in rows], self.pad_id)
-            batch["item_idx"] = torch.tensor(rows, dtype=torch.long)
-            return batch
-
-        return DataLoader(order.tolist(), batch_size=batch_size or self.eval_batch_size, collate_fn=collate)
 
 
 def _pack(token_lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
