@@ -17,8 +17,8 @@ from safetensors.numpy import load_file as load_numpy
 
 from towerrec.artifact import Artifact, ArtifactError, add_items, remove_items
 from towerrec.artifact.cli import main
-from towerrec.data.sequences import right_aligned
 from towerrec.data.text import render_item, render_items
+from towerrec.data.windows import right_aligned
 from towerrec.model.encode import encode_texts
 from towerrec.model.sequence import TextItemTower
 from towerrec.retrieval import Retriever, evaluate_artifact

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from towerrec.artifact import Artifact
-from towerrec.data.sequences import right_aligned, training_windows
+from towerrec.data.windows import right_aligned, training_windows
 from towerrec.model import text_vectors as tv
 from towerrec.model.loss import full_softmax_loss
 from towerrec.model.sequence import ItemEncoder, SequenceRecommender, SequenceUserTower, attention_mask

@@ -34,6 +34,7 @@ from towerrec.artifact.format import (
     reason,
 )
 from towerrec.data.tokens import count_tokens
+from towerrec.data.windows import right_aligned
 from towerrec.model.encode import encode_texts
 from towerrec.model.sequence import ADAPTERS, ItemEncoder, SequenceUserTower, TextItemTower
 from towerrec.model.towers import TextTower
@@ -96,13 +97,7 @@ class SequenceTower:
             if queries is not None and queries[i]:
                 h = np.append(h[max(0, len(h) - (self.max_len - 1)):] if self.max_len > 1 else h[:0], QUERY_SLOT)
             rows.append(h[len(h) - self.max_len:] if len(h) > self.max_len else h)
-        # right-aligned as towerrec.data.sequences.right_aligned (not imported: it lives beside Lightning code,
-        # which serving never loads)
-        out = np.full((len(rows), self.max_len), -1, dtype=np.int64)
-        for row, h in enumerate(rows):
-            if len(h):
-                out[row, self.max_len - len(h):] = h
-        return out
+        return right_aligned(rows, self.max_len)
 
     @torch.inference_mode()
     def embed_histories(self, histories, item_vectors: np.ndarray, query_vectors=None,
