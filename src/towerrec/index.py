@@ -1,8 +1,11 @@
-"""FAISS indexes over L2-normalised vectors (inner product = cosine): config, build, shards, search parameters.
+"""FAISS indexes over L2-normalised vectors (inner product = cosine): config, build, shards, search parameters;
+and where serving searches (`IndexConfig.backend`: the artifact's FAISS index, or a Milvus collection).
 
 `IndexConfig` (conf/index/*.yaml) turns into a concrete factory string for N vectors of dimension D;
 `build_index` trains and fills it with the caller's ids; `build_sharded_index` splits ids into successive
 ranges; `apply_search_params` sets efSearch / nprobe / k_factor after loading (FAISS does not store them).
+`MilvusConfig` (conf/index/milvus/default.yaml) holds plain values only; the client code is
+`towerrec.artifact.milvus`.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import faiss
@@ -18,6 +23,65 @@ import numpy as np
 from towerrec.utils.io import check_fields, to_plain
 
 log = logging.getLogger(__name__)
+
+
+BACKENDS = ("faiss", "milvus")
+MILVUS_TOKEN_ENV = "TOWERREC_MILVUS_TOKEN"
+_COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")  # Milvus's rule, with room for a version suffix
+
+
+@dataclasses.dataclass(frozen=True)
+class MilvusConfig:
+    """Where the catalog lives in Milvus (`index.milvus`, conf/index/milvus/default.yaml).
+
+    `uri`: a local path ending in .db runs Milvus Lite in this process (development, one process at a time);
+    http(s)://HOST:PORT is a Milvus server or cluster, reached by the same client code. `collection` is an
+    alias: each load writes a new collection and swaps the alias to it. `token` ("user:password" or an API key)
+    defaults to $TOWERREC_MILVUS_TOKEN and is never written to a manifest. `index_type` / `index_params` are
+    Milvus's (HNSW with M, efConstruction; IVF_FLAT with nlist; FLAT), `search_params` likewise (ef, nprobe)."""
+
+    uri: str | None = None
+    collection: str = "towerrec_items"
+    db_name: str = ""
+    token: str | None = None
+    index_type: str = "HNSW"
+    index_params: Mapping = dataclasses.field(default_factory=lambda: {"M": 32, "efConstruction": 200})
+    search_params: Mapping = dataclasses.field(default_factory=lambda: {"ef": 128})
+    insert_batch: int = 1000
+    timeout_s: float = 60.0
+    keep_previous: bool = True  # keep the collection the alias pointed to before, for processes still reading it
+
+    def __post_init__(self):
+        if not _COLLECTION_NAME.fullmatch(str(self.collection)):
+            raise ValueError(f"index.milvus.collection must be a letter or underscore followed by up to 199 "
+                             f"letters, digits or underscores, got {self.collection!r}")
+        if self.insert_batch < 1 or self.timeout_s <= 0:
+            raise ValueError(f"index.milvus.insert_batch and timeout_s must be positive, got {self.insert_batch}, "
+                             f"{self.timeout_s}")
+        if not str(self.index_type).strip():
+            raise ValueError("index.milvus.index_type must name a Milvus index type (HNSW, IVF_FLAT, FLAT, ...)")
+
+    @classmethod
+    def from_any(cls, cfg) -> "MilvusConfig":
+        if isinstance(cfg, MilvusConfig):
+            return cfg
+        d = to_plain(cfg)
+        check_fields(cls, d, "index.milvus")
+        for key in ("index_params", "search_params"):
+            if key in d:
+                d[key] = dict(d[key] or {})
+        return cls(**d)
+
+    def secret(self) -> str:
+        """The token to connect with: the config's, else $TOWERREC_MILVUS_TOKEN, else none."""
+        return self.token or os.environ.get(MILVUS_TOKEN_ENV, "")
+
+    def to_dict(self) -> dict:
+        """The settings without the token (for manifests and logs)."""
+        d = dataclasses.asdict(self)
+        d.pop("token")
+        d["index_params"], d["search_params"] = dict(self.index_params), dict(self.search_params)
+        return d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +97,9 @@ class IndexConfig:
     `refine`: exact re-ranking of k * k_factor candidates with the full vectors (IndexRefineFlat, ",RFlat").
     Indexes that are not id-aware (not IDMap, not IVF) are wrapped in IndexIDMap2.
     `search`: efSearch (HNSW), nprobe (IVF), k_factor (refine); stored in the manifest, set after loading.
+    `backend`: where the Retriever searches: `faiss` (the artifact's index) or `milvus` (the collection of
+    `milvus`, loaded from the artifact by `python -m towerrec.artifact milvus`); the FAISS index is written
+    either way.
     """
 
     factory: str = "IDMap2,Flat"
@@ -49,6 +116,12 @@ class IndexConfig:
     train_sample: int | None = None  # train on at most this many vectors (seeded sample); None: all
     seed: int = 0
     name: str = ""
+    backend: str = "faiss"
+    milvus: MilvusConfig = dataclasses.field(default_factory=MilvusConfig)
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"index.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
 
     @classmethod
     def from_any(cls, cfg) -> "IndexConfig":
@@ -60,6 +133,7 @@ class IndexConfig:
         if isinstance(cfg, str):
             return cls(factory=cfg)
         d = to_plain(cfg)
+        d.pop("defaults", None)  # a preset file read without Hydra (its index.milvus default then applies)
         check_fields(cls, d, "index")
         d["search"] = dict(d.get("search") or {})
         bad = set(d["search"]) - {"efSearch", "nprobe", "k_factor"}
@@ -69,11 +143,13 @@ class IndexConfig:
             raise ValueError(f"index.shards must be >= 1, got {d['shards']}")
         if not d.get("refine", False):
             d["search"].pop("k_factor", None)  # re-ranking depth means nothing without re-ranking
+        d["milvus"] = MilvusConfig.from_any(d.get("milvus"))
         return cls(**d)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["search"] = dict(self.search)
+        d["milvus"] = self.milvus.to_dict()
         return d
 
     def nlist_for(self, n: int) -> int:

@@ -1,4 +1,5 @@
-"""`python -m towerrec.artifact {verify,add,remove} ARTIFACT_DIR ...`: check an artifact, add or remove products."""
+"""`python -m towerrec.artifact {verify,add,remove,milvus} ARTIFACT_DIR ...`: check an artifact, add or remove
+products, load its products into Milvus."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from towerrec.artifact.milvus import load_into_milvus
 from towerrec.artifact.reader import Artifact
 from towerrec.artifact.update import add_items, remove_items
-from towerrec.index import describe
+from towerrec.index import MilvusConfig, describe
 
 
 def _read_items(path: Path) -> pd.DataFrame:
@@ -42,6 +44,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("item_ids", nargs="*", help="item ids (or --file)")
     p.add_argument("--file", help="a text file with one item id per line")
     p.add_argument("--rebuild", action="store_true", help="rebuild the index from the stored embeddings")
+    p = sub.add_parser("milvus", help="load the products (vectors, ids, category, price) into a Milvus collection, "
+                                      "replacing what the collection held")
+    p.add_argument("artifact")
+    p.add_argument("--uri", required=True, help="a local file ending in .db (Milvus Lite) or http://HOST:19530")
+    p.add_argument("--collection", default=MilvusConfig.collection, help="the alias searched (default %(default)s)")
+    p.add_argument("--db-name", default="", help="the server's database (default: its default database)")
+    p.add_argument("--index-type", default=MilvusConfig.index_type, help="HNSW (default), IVF_FLAT, FLAT, ...")
+    p.add_argument("--index-params", type=json.loads, default=None,
+                   help='JSON, e.g. \'{"M": 32, "efConstruction": 200}\' (default for HNSW; {} otherwise)')
+    p.add_argument("--batch-size", type=int, default=MilvusConfig.insert_batch, help="products per insert")
+    p.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
@@ -57,12 +70,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = add_items(args.artifact, _read_items(Path(args.items)), replace=not args.no_replace,
                                 rebuild=args.rebuild, batch_size=args.batch_size)
             print(json.dumps(summary))
+        elif args.command == "milvus":
+            params = args.index_params
+            if params is None:
+                params = dict(MilvusConfig().index_params) if args.index_type == MilvusConfig.index_type else {}
+            cfg = MilvusConfig(uri=args.uri, collection=args.collection, db_name=args.db_name,
+                               index_type=args.index_type, index_params=params, insert_batch=args.batch_size)
+            art = Artifact.load(args.artifact, verify=True)
+            print(json.dumps(load_into_milvus(art, cfg, progress=not args.no_progress)))
         else:
             ids = list(args.item_ids)
             if args.file:
                 ids += [line.strip() for line in Path(args.file).read_text().splitlines() if line.strip()]
             print(json.dumps(remove_items(args.artifact, ids, rebuild=args.rebuild)))
-    except (ValueError, OSError) as e:  # ArtifactError and DataError are ValueErrors
+    except (ValueError, OSError, ImportError) as e:  # ArtifactError and DataError are ValueErrors; Milvus: OSError
         if args.debug:
             raise
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line

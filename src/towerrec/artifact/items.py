@@ -1,4 +1,5 @@
-"""ItemTable: the one map between item ids, table positions and row ids, and the product fields shown to users.
+"""ItemTable: the one map between item ids, table positions and row ids, and the product fields shown to users;
+ItemFilter: the product filters a search applies (category path, price range).
 
 Positions are rows of items.parquet (and of the stored embeddings); row ids are the FAISS ids, stable across
 add/remove (never reused). Everything that turns a search hit into a product goes through this table.
@@ -6,11 +7,14 @@ add/remove (never reused). Everything that turns a search hit into a product goe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from towerrec.data.schema import category_key
 
 SHOWN_FIELDS = ("item_id", "title", "brand", "category", "price")
 
@@ -79,3 +83,32 @@ class ItemTable:
         if score is not None:
             out["score"] = float(score)
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemFilter:
+    """Products a search keeps: under `category` (a path prefix, whole segments: "Home > Kitchen" keeps
+    "Home > Kitchen > Coffee", not "Home > Kitchenware"), with a known price within [price_min, price_max]
+    when either bound is given. One object, two forms: a mask over table positions (`Retriever.filter_mask`,
+    the FAISS path) and a Milvus expression (`towerrec.artifact.milvus.filter_expression`)."""
+
+    category: str | None = None
+    price_min: float | None = None
+    price_max: float | None = None
+
+    def __post_init__(self):
+        category = category_key(self.category) if self.category is not None and self.category.strip() else None
+        object.__setattr__(self, "category", category)  # normalised ('A>B ' -> 'A > B'); blank: none
+        for name in ("price_min", "price_max"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(float(value)):
+                raise ValueError(f"filters.{name} must be a finite number, got {value!r}")
+
+    @property
+    def priced(self) -> bool:
+        return self.price_min is not None or self.price_max is not None
+
+    @property
+    def empty(self) -> bool:
+        """No condition at all: every product passes."""
+        return self.category is None and not self.priced

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -91,6 +93,13 @@ class Artifact:
     def user_history(self, user_id: str) -> list[str] | None:
         """Item ids a known user interacted with, oldest first; None for an unknown user."""
         return self.users.get(str(user_id))
+
+    @functools.cached_property
+    def version(self) -> str:
+        """The first 16 hex digits of the manifest's sha256: it changes with every export, add and remove (the
+        manifest lists every file's checksum), so it names one exact content of the artifact."""
+        with reading(self.path / MANIFEST, "cannot be read"):
+            return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()[:16]
 
     @property
     def dim(self) -> int:

@@ -27,6 +27,25 @@ QUOTE_CHARS = 80  # values quoted in error messages are cut to about this length
 MAX_BAD_ROW_SHARE = 0.01  # skip mode refuses when a file loses a larger share of its rows
 
 
+def category_key(category: str) -> str:
+    """A category path normalised for matching ('A>B ' -> 'A > B')."""
+    return CATEGORY_SEP.join(part.strip() for part in category.split(CATEGORY_SEP.strip()))
+
+
+def category_path_prefixes(category: str | None) -> list[str]:
+    """Every prefix of one normalised category path, shortest first ('A > B > C' -> 'A', 'A > B', 'A > B > C');
+    [] for a missing or empty category."""
+    if not category:
+        return []
+    parts = category_key(category).split(CATEGORY_SEP)
+    return [CATEGORY_SEP.join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def category_prefixes(categories: Iterable[str | None]) -> frozenset[str]:
+    """Every category path prefix present in a catalog ('A > B > C' gives 'A', 'A > B', 'A > B > C')."""
+    return frozenset(p for c in set(categories) for p in category_path_prefixes(c))
+
+
 class DataError(ValueError):
     """Bad input data. The message names the file and line (or the field) and says what is wrong."""
 

@@ -2,7 +2,8 @@
 
 The `rerank` node of the config (the LM: model, scoring, explanations; `conf/rerank/`) is kept as a plain dict
 in `ServeConfig.lm` and handed to the LM component factory untouched; the service's own switches for the LM
-stages (on/off, time budgets, concurrency) live under `service.rerank` / `service.explain`.
+stages (on/off, time budgets, concurrency) live under `service.rerank` / `service.explain`. The `index` node
+says where to search (`index.backend`: the artifact's FAISS index, or the Milvus collection of `index.milvus`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+
+from towerrec.index import IndexConfig
 
 RELOAD_TOKEN_ENV = "TOWERREC_RELOAD_TOKEN"
 
@@ -57,6 +60,7 @@ class ServeConfig:
     rerank: StageSettings = StageSettings()
     explain: StageSettings = dataclasses.field(default_factory=lambda: StageSettings(budget_ms=5000.0))
     lm: Mapping = dataclasses.field(default_factory=dict)  # the `rerank` config node, for the LM factory
+    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)  # only backend and milvus are read
 
     def __post_init__(self):
         for name in ("max_body_bytes", "max_k", "max_history", "max_text_chars", "max_id_chars", "threads",
@@ -78,7 +82,7 @@ class ServeConfig:
         if isinstance(cfg, DictConfig):  # only the nodes read here are resolved (paths.* need a Hydra run)
             d = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
                  for k in ("artifacts", "host", "port", "log_level", "reload_token", "development", "service",
-                           "rerank")
+                           "rerank", "index")
                  if k in cfg and not OmegaConf.is_missing(cfg, k)}
         else:
             d = dict(cfg)
@@ -99,7 +103,8 @@ class ServeConfig:
         token = d.get("reload_token") or os.environ.get(RELOAD_TOKEN_ENV) or None
         return cls(artifacts=str(d["artifacts"]), host=str(d.get("host", "127.0.0.1")), port=int(d.get("port", 8000)),
                    log_level=str(d.get("log_level", "info")), reload_token=token, lm=dict(d.get("rerank") or {}),
-                   development=bool(d.get("development", False)), **service)
+                   development=bool(d.get("development", False)), index=IndexConfig.from_any(d.get("index")),
+                   **service)
 
 
 def _stage(name: str, node: Mapping | None, default: StageSettings) -> StageSettings:

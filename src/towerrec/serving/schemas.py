@@ -95,6 +95,8 @@ class ArtifactInfo(BaseModel):
     num_items: int
     dim: int
     index: str
+    search: str = Field("faiss", description="where searches go: faiss (the artifact's index) or "
+                                             "'milvus URI/COLLECTION' (index.backend=milvus)")
     known_users: int
     loaded_at: str
 

@@ -6,16 +6,17 @@ A recommendation, step by step:
    text of a text two-tower artifact, the newest element of a sequence artifact's window). History ids the
    artifact does not know (e.g. removed products) are ignored and listed in `notes`. A query on an artifact
    that embeds no free text (an id-only sequence model) is refused, 422 naming `query`.
-2. Filters become one boolean mask over the table positions: category prefix (`Retriever.category_mask`,
-   asked only for category paths that exist, so arbitrary strings cannot grow its cache) and price range
-   (unknown prices are left out when a bound is given). Seen items are excluded by row id.
+2. Filters become one `ItemFilter` (category prefix, price range; unknown prices are left out when a bound is
+   given), which the Retriever applies as a mask over table positions (FAISS) or as a Milvus expression
+   (index.backend=milvus). Seen items are excluded by row id.
 3. No usable history and no query: the most popular products that pass the filters (`served_by=popularity`).
    Otherwise the user vector (cached under `ServiceState.user_key`, which fully determines it: the exact user
    text, or a sequence model's newest max_len positions and the query; on a miss computed through
    `Retriever.embed_histories` in a batch shared with concurrent requests, `batching.EmbeddingBatcher`) is
    searched with
-   `Retriever.search(..., mask=...)`: exactly k results whenever k products pass, exact scoring for selective
-   masks and as the fallback of approximate indexes.
+   `Retriever.search(..., item_filter=...)`: exactly k results whenever k products pass, exact scoring for
+   selective filters (FAISS) and as the fallback of approximate indexes. A vector database that fails or
+   cannot be reached is a 503 naming it.
 4. `rerank`: the top `candidates` (the artifact's product dicts) go to the LM reranker under its time budget
    (`BudgetedStage`); it answers with an order over the candidates' positions and their scores
    (`RerankResult`), checked to be a permutation of them. If it is late, busy, failing, disabled or answers
@@ -37,7 +38,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from towerrec.retrieval.retriever import category_key
+from towerrec.artifact.items import ItemFilter
+from towerrec.artifact.milvus import VectorStoreError
 from towerrec.serving.batching import EmbeddingBatcher
 from towerrec.serving.components import BudgetedStage, LMComponents, StageResult, resolve
 from towerrec.serving.config import ServeConfig
@@ -76,7 +78,8 @@ class RecommendationService:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.holder = StateHolder(cfg.artifacts, cfg.user_cache_size, prepare=self._prepare,
-                                  precompute_users=cfg.precompute_user_vectors, development=cfg.development)
+                                  precompute_users=cfg.precompute_user_vectors, development=cfg.development,
+                                  index=cfg.index)
         self.components = components
         self.component_status = self._initial_component_status(components)
         self.batcher = None
@@ -204,28 +207,13 @@ class RecommendationService:
             notes.append(f"{len(unknown)} history item id(s) unknown to the artifact were ignored: {shown}")
         return pos[pos >= 0].astype(np.int64)
 
-    def _allowed(self, state: ServiceState, filters, notes: list[str]) -> np.ndarray | None:
-        """(N,) bool mask of the products passing the category and price filters; None when there are none."""
-        category = filters.category if filters.category and filters.category.strip() else None
-        priced = filters.price_min is not None or filters.price_max is not None
-        if priced and filters.price_min is not None and filters.price_max is not None \
-                and filters.price_min > filters.price_max:
+    def _filter(self, filters, notes: list[str]) -> ItemFilter | None:
+        """The request's category and price filters as one ItemFilter; None when there are none."""
+        if filters.price_min is not None and filters.price_max is not None and filters.price_min > filters.price_max:
             notes.append(f"filters.price_min ({filters.price_min:g}) is above filters.price_max "
                          f"({filters.price_max:g}): no product can match")
-            return np.zeros(state.num_items, dtype=bool)
-        mask = None
-        if category is not None:
-            if category_key(category) not in state.categories:
-                return np.zeros(state.num_items, dtype=bool)  # no product has this category
-            mask = state.retriever.category_mask(category)  # cached: not to be modified
-        if priced:
-            lo = -math.inf if filters.price_min is None else filters.price_min
-            hi = math.inf if filters.price_max is None else filters.price_max
-            prices = state.table.prices
-            with np.errstate(invalid="ignore"):
-                price_ok = (prices >= lo) & (prices <= hi)  # NaN (unknown) compares False
-            mask = price_ok if mask is None else mask & price_ok
-        return mask
+        item_filter = ItemFilter(filters.category, filters.price_min, filters.price_max)
+        return None if item_filter.empty else item_filter
 
     def _user_vector(self, state: ServiceState, positions: np.ndarray, query: str | None) -> np.ndarray:
         if query is not None and not state.has_text_path:  # refused before it can fail a shared batch
@@ -248,16 +236,20 @@ class RecommendationService:
 
     # ---- search ------------------------------------------------------------------------------------------
     def _search(self, state: ServiceState, vec: np.ndarray, k: int, exclude_rows: set[int],
-                mask: np.ndarray | None) -> list[tuple[int, float]]:
-        """Top-k (table position, cosine) passing the filter mask, leaving out `exclude_rows`, best first."""
+                item_filter: ItemFilter | None) -> list[tuple[int, float]]:
+        """Top-k (table position, cosine) passing the filter, leaving out `exclude_rows`, best first."""
         with self.metrics.time_stage("search"):
-            hits = state.retriever.search(vec[None], k, [exclude_rows], mask=mask)[0]
+            try:
+                hits = state.retriever.search(vec[None], k, [exclude_rows], item_filter=item_filter)[0]
+            except VectorStoreError as e:
+                raise Unavailable(str(e)) from e
             positions = state.table.positions_of_rows([row for row, _ in hits])
         return [(p, score) for p, (_, score) in zip(positions.tolist(), hits)]
 
     def _popular(self, state: ServiceState, k: int, exclude_pos: np.ndarray,
-                 mask: np.ndarray | None) -> list[tuple[int, float]]:
+                 item_filter: ItemFilter | None) -> list[tuple[int, float]]:
         order = state.popularity_order
+        mask = state.retriever.filter_mask(item_filter)
         keep = np.ones(state.num_items, dtype=bool) if mask is None else mask.copy()
         keep[exclude_pos] = False
         top = order[keep[order]][:k]
@@ -278,12 +270,12 @@ class RecommendationService:
         notes: list[str] = []
         positions = self._history(state, req.user_id, req.history, notes)
         query = req.query if req.query and req.query.strip() else None
-        mask = self._allowed(state, req.filters, notes)
+        item_filter = self._filter(req.filters, notes)
         exclude_pos = positions if req.filters.exclude_seen else np.zeros(0, dtype=np.int64)
         degraded = False
         if len(positions) == 0 and query is None:
             served_by = "popularity"
-            items = self._items(state, self._popular(state, req.k, exclude_pos, mask), retrieval=False)
+            items = self._items(state, self._popular(state, req.k, exclude_pos, item_filter), retrieval=False)
             if req.rerank:
                 notes.append("rerank skipped: no history and no query to rerank for (popularity)")
         else:
@@ -291,7 +283,7 @@ class RecommendationService:
             fetch = max(req.k, self._rerank_candidates()) if req.rerank else req.k
             vec = self._user_vector(state, positions, query)
             exclude_rows = set(state.table.row_ids[exclude_pos].tolist())
-            items = self._items(state, self._search(state, vec, fetch, exclude_rows, mask), retrieval=True)
+            items = self._items(state, self._search(state, vec, fetch, exclude_rows, item_filter), retrieval=True)
             if req.rerank:
                 reranked, reason = self._rerank(state, positions, items, query)
                 if reranked is not None:
@@ -381,9 +373,9 @@ class RecommendationService:
         state = self._state()
         pos = _position(state, req.item_id)
         notes: list[str] = []
-        mask = self._allowed(state, req.filters, notes)
+        item_filter = self._filter(req.filters, notes)
         vec = state.artifact.embeddings[pos]  # (D,) the product tower's vector: no user tower involved
-        hits = self._search(state, vec, req.k, {int(state.table.row_ids[pos])}, mask)
+        hits = self._search(state, vec, req.k, {int(state.table.row_ids[pos])}, item_filter)
         items = self._items(state, hits, retrieval=True)
         for item in items:
             item.pop("_position", None)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import functools
-import hashlib
 import logging
 import threading
 import time
@@ -34,10 +33,8 @@ import numpy as np
 from towerrec.artifact import Artifact, ArtifactError
 from towerrec.artifact.format import MANIFEST
 from towerrec.data.privacy import ENV_VAR as SECRET_ENV
-from towerrec.data.schema import CATEGORY_SEP
-from towerrec.index import describe
+from towerrec.index import IndexConfig, describe
 from towerrec.retrieval import Retriever
-from towerrec.retrieval.retriever import category_key
 
 log = logging.getLogger(__name__)
 
@@ -70,32 +67,21 @@ class LRUCache:
         return len(self._data)
 
 
-def category_prefixes(categories: Sequence[str | None]) -> frozenset[str]:
-    """Every category path prefix present in a catalog ('A > B > C' gives 'A', 'A > B', 'A > B > C')."""
-    out: set[str] = set()
-    for c in set(categories):
-        if not c:
-            continue
-        parts = category_key(c).split(CATEGORY_SEP)
-        out.update(CATEGORY_SEP.join(parts[: i + 1]) for i in range(len(parts)))
-    return frozenset(out)
-
-
 class ServiceState:
     """One verified artifact, its Retriever and what requests need, precomputed."""
 
-    def __init__(self, artifact: Artifact, user_cache_size: int = 10000):
+    def __init__(self, artifact: Artifact, user_cache_size: int = 10000, index: IndexConfig | None = None):
         self.artifact = artifact
-        self.retriever = Retriever(artifact)
+        self.retriever = Retriever(artifact, index=index)
         self.path = str(artifact.path)
-        self.version = hashlib.sha256((artifact.path / MANIFEST).read_bytes()).hexdigest()[:16]
+        self.version = artifact.version
         self.loaded_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.table = artifact.table  # item id <-> position <-> row id, shown product dicts, prices
         self.num_items = len(self.table)
         self.popularity = np.asarray(artifact.popularity, dtype=np.int64)  # (N,)
         self.popularity_order = np.argsort(-self.popularity, kind="stable")  # positions, most popular first
         self.texts = artifact.items["text"].astype(str).tolist()  # the product-tower text, for /items
-        self.categories = category_prefixes([p["category"] for p in self.table.products])  # filters that match
+        self.categories = self.retriever.categories  # category filters that match some product
         self.user_vectors = LRUCache(user_cache_size)
         self.is_sequence = self.retriever.is_sequence
         self.has_text_path = artifact.has_text_path  # false: an id-only sequence model (no free-text queries)
@@ -104,12 +90,15 @@ class ServiceState:
 
     @classmethod
     def load(cls, path: str | Path, user_cache_size: int = 10000, warm: bool = True,
-             precompute_users: bool = False, batch_size: int = 64, development: bool = False) -> "ServiceState":
+             precompute_users: bool = False, batch_size: int = 64, development: bool = False,
+             index: IndexConfig | None = None) -> "ServiceState":
         """Load, verify and warm an artifact; raises ArtifactError / FileNotFoundError naming the bad file.
 
         `precompute_users`: embed every known user's stored history now (batched) into the user-vector cache,
         so requests for known users skip the user tower (the cache must be large enough to hold them).
-        `development`: serve an artifact whose user pseudonyms came from the development key (else refused)."""
+        `development`: serve an artifact whose user pseudonyms came from the development key (else refused).
+        `index`: where to search (None: the artifact's FAISS index; backend milvus: the collection the artifact
+        was loaded into, refused with an ArtifactError when it holds another version)."""
         start = time.perf_counter()
         artifact = Artifact.load(path, verify=True)
         data = artifact.manifest.get("data")
@@ -118,7 +107,7 @@ class ServiceState:
                                 "(data.development_key), which anyone can recompute; export it again with "
                                 f"data.user_id_secret or ${SECRET_ENV} set, or pass development=true to serve it "
                                 "for a development run")
-        state = cls(artifact, user_cache_size)
+        state = cls(artifact, user_cache_size, index)
         art = state.artifact
         users = {}
         if art.has_users:
@@ -130,9 +119,9 @@ class ServiceState:
             state.retriever.embed_histories([probe], ["warm up" if state.has_text_path else None])
         if precompute_users and users:
             state.precompute_user_vectors(list(users.values()), batch_size)
-        log.info("loaded artifact %s (version %s): %d items, dim %d, index %s, %d known users, in %.1f s",
-                 state.path, state.version, state.num_items, art.dim, describe(art.index), state.known_users,
-                 time.perf_counter() - start)
+        log.info("loaded artifact %s (version %s): %d items, dim %d, index %s, search %s, %d known users, in %.1f s",
+                 state.path, state.version, state.num_items, art.dim, describe(art.index), state.search_backend,
+                 state.known_users, time.perf_counter() - start)
         return state
 
     @functools.cached_property
@@ -177,12 +166,18 @@ class ServiceState:
         """Table position of an item id, -1 if unknown."""
         return self.table.position_of_id.get(str(item_id), -1)
 
+    @property
+    def search_backend(self) -> str:
+        """Where searches go: "faiss", or "milvus URI/COLLECTION"."""
+        milvus = self.retriever.milvus
+        return "faiss" if milvus is None else f"milvus {milvus.cfg.uri}/{milvus.cfg.collection}"
+
     def info(self) -> dict:
         art = self.artifact
         return {"path": self.path, "version": self.version, "model": art.kind, "text": self.has_text_path,
                 "num_items": self.num_items, "dim": art.dim,
-                "index": str(art.manifest["index"].get("factory", "")), "known_users": self.known_users,
-                "loaded_at": self.loaded_at}
+                "index": str(art.manifest["index"].get("factory", "")), "search": self.search_backend,
+                "known_users": self.known_users, "loaded_at": self.loaded_at}
 
 
 class ReloadInProgress(RuntimeError):
@@ -194,8 +189,9 @@ class StateHolder:
 
     def __init__(self, path: str | Path, user_cache_size: int = 10000,
                  prepare: Callable[[ServiceState], None] | None = None, precompute_users: bool = False,
-                 development: bool = False):
+                 development: bool = False, index: IndexConfig | None = None):
         self.path = str(path)
+        self.index = index  # ServiceState.load: where to search
         self.user_cache_size = user_cache_size
         self.precompute_users = precompute_users
         self.development = development  # ServiceState.load: serve development-key pseudonyms
@@ -217,7 +213,8 @@ class StateHolder:
             raise ReloadInProgress("a reload is already in progress; try again when it has finished")
         try:
             state = ServiceState.load(path or self.path, self.user_cache_size,
-                                      precompute_users=self.precompute_users, development=self.development)
+                                      precompute_users=self.precompute_users, development=self.development,
+                                      index=self.index)
             if self.prepare is not None:
                 self.prepare(state)
             self.current = state  # the swap: one reference assignment

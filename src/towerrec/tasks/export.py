@@ -14,11 +14,13 @@ from omegaconf import DictConfig
 from towerrec import evaluation
 from towerrec.artifact import Artifact, export_artifact, set_metrics
 from towerrec.artifact.export import export_sequence_artifact
+from towerrec.artifact.milvus import load_into_milvus
 from towerrec.data import privacy
 from towerrec.data.load import load_split
 from towerrec.data.schema import DataError
 from towerrec.data.splits import Split
 from towerrec.data.text import TextConfig, render_items
+from towerrec.index import IndexConfig
 from towerrec.model.build import build_sequence, build_two_tower
 from towerrec.model.text_vectors import compute_text_vectors, load_text_encoder
 from towerrec.retrieval import evaluate_artifact
@@ -67,17 +69,33 @@ def export_run(cfg: DictConfig, objects: Mapping, metrics: Mapping | None,
     dev = development_key(cfg)
     if cfg.model.kind == "sequence":
         te = to_plain(cfg.model).get("text_encoder") or {}
-        return export_sequence_artifact(
+        path = export_sequence_artifact(
             _out_dir(cfg, out_dir), objects["module"].model, dm.split, dm.text, encoder=dm.text_encoder,
             tokenizer=dm.tokenizer, pooling=te.get("pooling", "mean"), text_max_length=te.get("max_length", 64),
             index_cfg=cfg.get("index"), train_cfg=config_dict(cfg), metrics=metrics or {}, development_key=dev)
-    return export_artifact(
-        _out_dir(cfg, out_dir), objects["module"].model, dm.tokenizer, dm.split, dm.text,
-        item_max_length=dm.item_max_length, user_max_length=dm.user_max_length,
-        index_cfg=cfg.get("index"), train_cfg=config_dict(cfg), metrics=metrics or {},
-        batch_size=int(exp.get("batch_size") or dm.eval_batch_size), progress=bool(exp.get("progress", True)),
-        development_key=dev,
-    )
+    else:
+        path = export_artifact(
+            _out_dir(cfg, out_dir), objects["module"].model, dm.tokenizer, dm.split, dm.text,
+            item_max_length=dm.item_max_length, user_max_length=dm.user_max_length,
+            index_cfg=cfg.get("index"), train_cfg=config_dict(cfg), metrics=metrics or {},
+            batch_size=int(exp.get("batch_size") or dm.eval_batch_size), progress=bool(exp.get("progress", True)),
+            development_key=dev,
+        )
+    load_into_backend(cfg, path)
+    return path
+
+
+def load_into_backend(cfg: DictConfig, path: Path) -> dict | None:
+    """index.backend=milvus: load the finished artifact into the collection of index.milvus (what the Retriever
+    and serve.py search with that setting); returns the load's summary, None for the FAISS backend."""
+    index = IndexConfig.from_any(cfg.get("index"))
+    if index.backend != "milvus":
+        return None
+    summary = load_into_milvus(Artifact.load(path), index.milvus,
+                               progress=bool(to_plain(cfg.get("export")).get("progress", True)))
+    log.info("index.backend=milvus: %d products in %s collection %s", summary["items"], summary["uri"],
+             summary["collection"])
+    return summary
 
 
 def export_checkpoint(cfg: DictConfig, ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -118,6 +136,7 @@ def export_checkpoint(cfg: DictConfig, ckpt_path: str | os.PathLike, out_dir: st
         metrics = evaluate_artifact(Artifact.load(path), split, cfg.eval, stages=("valid", "test"),
                                     batch_size=int(dmc["eval_batch_size"]))
         set_metrics(path, metrics)
+    load_into_backend(cfg, path)  # after set_metrics: the collection is tagged with the final manifest's version
     return path
 
 
