@@ -5,7 +5,8 @@ its traceback goes to the job's log and to `error.log` in its directory, and it 
 Optuna sweeper records as a failed trial before going on. (Not NaN: hydra-optuna-sweeper 1.3 re-tells a NaN
 value with the FAIL state, which Optuna rejects, and the whole study dies.) A NaN objective is likewise
 turned into a failed trial. A single run that raises exits non-zero with the error, as usual; bad input (a
-`DataError` or an `ArtifactError`, whose message names the file and what is wrong) prints that one sentence to
+`DataError` or an `ArtifactError`, whose message names the file and what is wrong, or a `VectorStoreError`
+naming the Milvus URI) prints that one sentence to
 stderr as `error: ...`, without a traceback, and exits 1. `HYDRA_FULL_ERROR=1` shows the full traceback instead.
 """
 
@@ -23,13 +24,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from towerrec.artifact.format import ArtifactError
+from towerrec.artifact.milvus import VectorStoreError
 from towerrec.data.schema import DataError
 from towerrec.tasks.train import train
 from towerrec.utils.hydra import metric_value
 
 log = logging.getLogger("train")
 
-BAD_INPUT = (DataError, ArtifactError)  # their message is the whole story: one sentence, no traceback
+BAD_INPUT = (DataError, ArtifactError, VectorStoreError)  # their message is the whole story: one sentence
 
 
 def _in_multirun() -> bool:

@@ -29,6 +29,7 @@ import logging
 import re
 import time
 from collections.abc import Collection
+from pathlib import Path
 
 import numpy as np
 
@@ -89,6 +90,7 @@ def connect(cfg: MilvusConfig):
                          f"(a Milvus server), got {cfg.uri!r}")
     pymilvus = _pymilvus()
     if is_lite(cfg.uri):
+        Path(cfg.uri).parent.mkdir(parents=True, exist_ok=True)  # Milvus Lite wants its folder to exist
         try:
             import milvus_lite  # noqa: F401  (pymilvus starts it for .db URIs)
         except ImportError as e:

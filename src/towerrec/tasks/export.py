@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from towerrec import evaluation
 from towerrec.artifact import Artifact, export_artifact, set_metrics
 from towerrec.artifact.export import export_sequence_artifact
-from towerrec.artifact.milvus import load_into_milvus
+from towerrec.artifact.milvus import connect, load_into_milvus
 from towerrec.data import privacy
 from towerrec.data.load import load_split
 from towerrec.data.schema import DataError
@@ -83,6 +83,14 @@ def export_run(cfg: DictConfig, objects: Mapping, metrics: Mapping | None,
         )
     load_into_backend(cfg, path)
     return path
+
+
+def check_backend(cfg: DictConfig) -> None:
+    """index.backend=milvus: connect to index.milvus now (settings checked, packages present, server reached), so a
+    run that will load its artifact there fails before training rather than after."""
+    index = IndexConfig.from_any(cfg.get("index"))
+    if index.backend == "milvus":
+        connect(index.milvus).close()
 
 
 def load_into_backend(cfg: DictConfig, path: Path) -> dict | None:

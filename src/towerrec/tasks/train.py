@@ -25,7 +25,7 @@ from towerrec.model.build import build_sequence, build_two_tower
 from towerrec.model.module import RetrievalModule
 from towerrec.model.sequence_module import SequenceModule
 from towerrec.model.text_vectors import text_vectors
-from towerrec.tasks.export import development_key, export_only, export_run
+from towerrec.tasks.export import check_backend, development_key, export_only, export_run
 from towerrec.tasks.plots import save_figures_after_training
 from towerrec.tasks.rerank import run_rerank
 from towerrec.utils.hydra import instantiate_callbacks, instantiate_loggers, log_wandb_artifact
@@ -137,6 +137,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         return run_rerank(cfg)
     if cfg.model.kind in ("two_tower", "sequence") and cfg.export.enabled:
         development_key(cfg)  # refuses real data without a user-id secret before hours of training, not after
+        check_backend(cfg)  # index.backend=milvus: the collection's server is reachable, likewise
     split = load_split(to_plain(cfg.data))
     loggers = instantiate_loggers(cfg.get("logger"))
     start = time.perf_counter()
