@@ -3,7 +3,7 @@
 The queries are the test users of the artifact's dataset (a seeded subset with --users), embedded as serving
 embeds them (`Retriever.embed_histories`), searched one at a time as the service does (history excluded), with
 no filter and with two filters of the serving API: the top-level category of the user's newest item, and a
-price cap at the catalog's median price. Every Milvus index type given is loaded into a fresh Milvus Lite file
+price cap at the catalog's median price (where the catalog has prices). Every Milvus index type given is loaded into a fresh Milvus Lite file
 (or --uri), timed, and compared with FAISS on the same queries:
 
     recall@k   |Milvus top-k & FAISS top-k| / |FAISS top-k|, averaged over queries
@@ -125,11 +125,13 @@ def main(argv=None) -> None:
     vecs = faiss_retriever.embed_histories(histories)  # (U, D)
     seen = [set(art.row_ids[h].tolist()) for h in histories]
     categories = art.items["category"].astype(str).str.split(" > ").str[0].to_numpy()
-    median = float(np.nanmedian(art.table.prices))
-    filters = {"none": [None] * len(vecs), "category": [ItemFilter(categories[h[-1]]) for h in histories],
-               "price": [ItemFilter(price_max=median)] * len(vecs)}
-    say(f"{len(vecs)} test users of {args.data}; filters: top-level category of the newest item, price <= "
-        f"{median:g}; k={args.k}, {args.threads} thread(s)")
+    filters = {"none": [None] * len(vecs), "category": [ItemFilter(categories[h[-1]]) for h in histories]}
+    median = None
+    if not np.isnan(art.table.prices).all():  # Scientific has no prices: no price filter there
+        median = float(np.nanmedian(art.table.prices))
+        filters["price"] = [ItemFilter(price_max=median)] * len(vecs)
+    say(f"{len(vecs)} test users of {args.data}; filters: top-level category of the newest item"
+        + ("" if median is None else f", price <= {median:g}") + f"; k={args.k}, {args.threads} thread(s)")
     base = run(faiss_retriever, vecs, seen, filters, args.k, args.batch)
     rows = [{"backend": "faiss " + art.manifest["index"]["factory"], "load_s": None,
              **{f"{name}_p50": pct(base[name]["ms"], 50) for name in filters},
