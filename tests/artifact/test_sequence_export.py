@@ -39,7 +39,7 @@ def train_tiny(tmp: Path, preset: str) -> dict:
 
     from towerrec.tasks.train import train
 
-    overrides = ["experiment=tiny_sequence", f"model={preset}", "model.dim=16", "model.max_len=6",
+    overrides = ["experiment=tiny", f"model={preset}", "model.dim=16", "model.max_len=6",
                  "data.num_users=60", "data.num_items=60", "data.max_len=12", "trainer.max_epochs=1",
                  f"model.datamodule.eval_batch_size={EVAL_BATCH}", "model.datamodule.batch_size=16",
                  "trainer.enable_progress_bar=false", "logger=none", "plots=false", "export.progress=false",

@@ -59,9 +59,12 @@ class CatalogRankingModule(L.LightningModule):
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp().clamp(0.005, 1.0)
 
-    def on_train_epoch_start(self) -> None:
-        # dropout draws depend only on (seed, epoch): an epoch replayed after a crash is bit-identical
-        torch.manual_seed(self.hparams.seed * 100_003 + self.current_epoch)
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # dropout draws depend only on (seed, epoch, batch, rank), not on whatever drew random numbers before
+        # (data loader iterators, a resumed run's restore): an epoch replayed after a crash is bit-identical
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        torch.manual_seed(int(np.random.SeedSequence([self.hparams.seed, self.current_epoch, batch_idx,
+                                                      rank]).generate_state(1)[0]))
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

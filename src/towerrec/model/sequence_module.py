@@ -28,15 +28,15 @@ class SequenceModule(CatalogRankingModule):
         scheduler: Callable | None = None,
         temperature: float = 0.05,
         learn_temperature: bool = False,
-        loss: str = "inbatch",
+        loss_kind: str = "inbatch",
         log_q_correction: bool = True,
         item_counts: np.ndarray | None = None,
         eval_config: evaluation.EvalConfig | Mapping | None = None,
         seed: int = 0,
         model_config: Mapping | None = None,
     ):
-        if loss not in LOSSES:
-            raise ValueError(f"loss.kind must be one of {LOSSES} for the sequence towers, got {loss!r}")
+        if loss_kind not in LOSSES:
+            raise ValueError(f"loss.kind must be one of {LOSSES} for the sequence towers, got {loss_kind!r}")
         super().__init__(optimizer, scheduler, temperature, learn_temperature, item_counts, eval_config, model_config)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "item_counts", "eval_config",
                                           "model_config"])
@@ -48,7 +48,7 @@ class SequenceModule(CatalogRankingModule):
         states = self.model.user_states(inputs)  # (B, L, D)
         real = targets >= 0  # (B, L)
         q, t = states[real], targets[real]  # (P, D), (P,)
-        if self.hparams.loss == "full":
+        if self.hparams.loss_kind == "full":
             return losses.full_softmax_loss(q, self.model.items.all(), t, self.temperature)
         columns, labels = torch.unique(t, return_inverse=True)  # (U,), (P,): each next item once
         log_q = self.log_q[columns] if self.hparams.log_q_correction and len(self.log_q) > 1 else None

@@ -87,7 +87,7 @@ def sequence_from_config(cfg: DictConfig, split: Split):
         model, optimizer=hydra.utils.instantiate(cfg.model.optimizer),
         scheduler=hydra.utils.instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
         temperature=loss_cfg.temperature, learn_temperature=loss_cfg.learn_temperature,
-        loss=loss_cfg.get("kind", "inbatch"), log_q_correction=loss_cfg.log_q_correction,
+        loss_kind=loss_cfg.get("kind", "inbatch"), log_q_correction=loss_cfg.log_q_correction,
         item_counts=split.item_counts(), eval_config=evaluation.EvalConfig.from_any(cfg.eval), seed=cfg.seed,
         model_config={"model": m, "text": to_plain(cfg.text)})
     datamodule = SequenceDataModule(split, max_len=m["max_len"], seed=cfg.seed, **m["datamodule"])
