@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -53,15 +52,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def entry():
-    """train.py loaded as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("towerrec_train_entry", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _read_metrics(run_dir: Path) -> dict[str, float]:
@@ -310,9 +300,10 @@ class _Tripwire:
         self.sock.close()
 
 
-def test_wandb_offline_run_logs_config_metrics_and_artifact(compose_cfg, tmp_path, monkeypatch, one_thread, entry):
+def test_wandb_offline_run_logs_config_metrics_and_artifact(compose_cfg, tmp_path, monkeypatch, one_thread):
     import wandb
 
+    from towerrec.tasks.cli import _finish_wandb
     from towerrec.tasks.train import train
 
     tripwire = _Tripwire()
@@ -335,7 +326,7 @@ def test_wandb_offline_run_logs_config_metrics_and_artifact(compose_cfg, tmp_pat
         metrics, _ = train(cfg)
         assert os.environ.get("WANDB_MODE") in ("offline", "dryrun")  # set by the pipeline / WandbLogger
         run_id = wandb.run.id
-        entry._finish_wandb(failed=False)  # what train.py does after every job
+        _finish_wandb(failed=False)  # what train.py does after every job
         assert wandb.run is None
     finally:
         if wandb.run is not None:
