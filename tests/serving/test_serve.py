@@ -44,7 +44,7 @@ from towerrec.retrieval import Retriever
 from towerrec.serving import LMComponents, ServeConfig, StageSettings, create_app
 from towerrec.serving.batching import EmbeddingBatcher
 from towerrec.serving.components import BudgetedStage
-from towerrec.serving.state import LRUCache, ServiceState, category_prefixes
+from towerrec.serving.state import LRUCache, ServiceState
 from towerrec.utils.io import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -879,13 +879,11 @@ def test_embedding_batcher_shares_passes_and_matches_single_calls(kind, retrieve
     batcher.close()
 
 
-def test_lru_cache_and_category_prefixes():
+def test_lru_cache():
     cache = LRUCache(2)
     cache.put("a", 1), cache.put("b", 2), cache.get("a"), cache.put("c", 3)
     assert (cache.get("a"), cache.get("b"), cache.get("c"), len(cache)) == (1, None, 3, 2)
     LRUCache(0).put("a", 1)
-    assert category_prefixes(["Home > Kitchen > Coffee", "Books", None, ""]) == {
-        "Home", "Home > Kitchen", "Home > Kitchen > Coffee", "Books"}
 
 
 def test_openapi_document_is_json_with_examples_from_the_served_artifact(server, artifact):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import functools
-import hashlib
 import logging
 import threading
 import time
@@ -31,13 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from towerrec.artifact import Artifact, ArtifactError
-from towerrec.artifact.format import MANIFEST
-from towerrec.data.privacy import ENV_VAR as SECRET_ENV
-from towerrec.data.schema import CATEGORY_SEP
+from towerrec.artifact import Artifact
 from towerrec.index import describe
 from towerrec.retrieval import Retriever
-from towerrec.retrieval.retriever import category_key
+from towerrec.retrieval.filters import CatalogFilters
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +66,6 @@ class LRUCache:
         return len(self._data)
 
 
-def category_prefixes(categories: Sequence[str | None]) -> frozenset[str]:
-    """Every category path prefix present in a catalog ('A > B > C' gives 'A', 'A > B', 'A > B > C')."""
-    out: set[str] = set()
-    for c in set(categories):
-        if not c:
-            continue
-        parts = category_key(c).split(CATEGORY_SEP)
-        out.update(CATEGORY_SEP.join(parts[: i + 1]) for i in range(len(parts)))
-    return frozenset(out)
-
-
 class ServiceState:
     """One verified artifact, its Retriever and what requests need, precomputed."""
 
@@ -88,14 +73,14 @@ class ServiceState:
         self.artifact = artifact
         self.retriever = Retriever(artifact)
         self.path = str(artifact.path)
-        self.version = hashlib.sha256((artifact.path / MANIFEST).read_bytes()).hexdigest()[:16]
+        self.version = artifact.digest[:16]
         self.loaded_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.table = artifact.table  # item id <-> position <-> row id, shown product dicts, prices
         self.num_items = len(self.table)
-        self.popularity = np.asarray(artifact.popularity, dtype=np.int64)  # (N,)
-        self.popularity_order = np.argsort(-self.popularity, kind="stable")  # positions, most popular first
+        self.filters = CatalogFilters(self.retriever)  # filter masks, the filtered popularity fallback
+        self.popularity = self.filters.popularity  # (N,)
+        self.popularity_order = self.filters.popularity_order  # positions, most popular first
         self.texts = artifact.items["text"].astype(str).tolist()  # the product-tower text, for /items
-        self.categories = category_prefixes([p["category"] for p in self.table.products])  # filters that match
         self.user_vectors = LRUCache(user_cache_size)
         self.is_sequence = self.retriever.is_sequence
         self.has_text_path = artifact.has_text_path  # false: an id-only sequence model (no free-text queries)
@@ -112,12 +97,8 @@ class ServiceState:
         `development`: serve an artifact whose user pseudonyms came from the development key (else refused)."""
         start = time.perf_counter()
         artifact = Artifact.load(path, verify=True)
-        data = artifact.manifest.get("data")
-        if not development and isinstance(data, dict) and data.get("development_key") is True:
-            raise ArtifactError(f"{artifact.path / MANIFEST}: its user pseudonyms come from the development key "
-                                "(data.development_key), which anyone can recompute; export it again with "
-                                f"data.user_id_secret or ${SECRET_ENV} set, or pass development=true to serve it "
-                                "for a development run")
+        if not development:
+            artifact.refuse_development_key("pass development=true to serve it")
         state = cls(artifact, user_cache_size)
         art = state.artifact
         users = {}
