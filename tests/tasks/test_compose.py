@@ -1,5 +1,6 @@
 """The default model and the presets compose; experiment=tiny composes with every model, and the baselines run on
-it through `train(cfg)`."""
+it through `train(cfg)`; the GPU recipe experiment=scientific_finetune composes, and runs on the CPU with tiny
+overrides."""
 
 from __future__ import annotations
 
@@ -74,3 +75,26 @@ def test_baselines_train_on_the_tiny_experiment(compose_cfg, tmp_path, model):
     assert objects["split"].num_items == 300
     assert 0.0 <= metrics["test/ndcg@10"] <= 1.0 and 0.0 < metrics["test/coverage@10"] <= 1.0
     assert not (run_dir / "checkpoints").exists()  # nothing is trained
+
+
+def test_the_gpu_fine_tuning_recipe_composes(compose_cfg, tmp_path):
+    cfg = compose_cfg(["experiment=scientific_finetune"], tmp_path / "run")
+    assert (cfg.data.name, cfg.model.kind, cfg.model.item_ids, cfg.loss.kind) == ("Scientific", "sequence", True, "full")
+    assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("gpu", "bf16-mixed")
+    assert cfg.model.text_encoder.train == "full" and cfg.model.text_encoder.lr < cfg.model.optimizer.lr
+    assert cfg.model.encoder.name_or_path == "minilm" and cfg.model.dim == 384
+
+
+@pytest.mark.parametrize("mode", ["full", "top_layers"])
+def test_the_gpu_fine_tuning_recipe_runs_on_the_cpu_with_tiny_overrides(compose_cfg, tmp_path, mode, one_thread_faiss):
+    from towerrec.tasks.train import train
+
+    tiny = ["data=synthetic", "text=default", "model/encoder=tiny", "trainer=cpu", "trainer.precision=bf16-mixed",
+            "data.num_items=60", "data.num_users=60", "data.max_len=12", "model.dim=16", "model.max_len=6",
+            "model.text_encoder.max_length=24", "model.datamodule.batch_size=16", "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false", "logger=none", "plots=false", "export.progress=false"]
+    cfg = compose_cfg(["experiment=scientific_finetune", *tiny, f"model.text_encoder.train={mode}"], tmp_path / "run")
+    metrics, objects = train(cfg)
+    assert objects["module"].text_module.mode == mode
+    assert 0.0 <= metrics["test/ndcg@10"] <= 1.0 and metrics["train/epochs"] == 1
+    assert json.loads((objects["artifact"] / "manifest.json").read_text())["encoder"]["train"] == mode
