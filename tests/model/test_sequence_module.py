@@ -12,7 +12,7 @@ from towerrec.data.load import load_split
 from towerrec.tasks.train import sequence_from_config
 from towerrec.utils.io import to_plain
 
-TINY = ["experiment=tiny_sequence", "model.dim=16", "model.max_len=6", "data.num_users=60", "data.num_items=60",
+TINY = ["experiment=tiny", "model.dim=16", "model.max_len=6", "data.num_users=60", "data.num_items=60",
         "data.max_len=12", "model.datamodule.batch_size=16", "model.text_encoder.max_length=24", "logger=none",
         "plots=false"]
 

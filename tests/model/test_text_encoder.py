@@ -109,7 +109,7 @@ def make_module(train: str, top_layers: int = 1, loss: str = "full") -> tuple[Se
     torch.manual_seed(0)
     params = {"dim": 16, "max_len": 4, "layers": 1, "heads": 2, "dropout": 0.0, "item_ids": True}
     model = build_sequence(params, p.vectors, len(TEXTS), np.ones(len(TEXTS)), text_module=p.trainable)
-    module = SequenceModule(model, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3), loss=loss,
+    module = SequenceModule(model, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3), loss_kind=loss,
                             item_counts=np.ones(len(TEXTS)), encoder_lr=1e-5)
     return module, p
 
