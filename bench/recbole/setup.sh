@@ -3,7 +3,7 @@
 # bench/recbole_sasrec.py). Kept apart from .venv so RecBole's old pins never touch towerrec's packages.
 # Pins (after ../shared/peers/recbole.md): numpy<2 (RecBole uses removed numpy APIs), pandas 2.0.3 (its id
 # remapping breaks on pandas >= 2.1), and a setuptools that still ships pkg_resources (ray, imported by RecBole's
-# quick_start, needs it). The peer note's "setuptools>=77.0.3,<81" cannot be installed beside torch 2.13.0, which requires
+# quick_start, needs it). The peer note's "setuptools<70" cannot be installed beside torch 2.13.0, which requires
 # setuptools>=77.0.3; 77.0.3-80.x satisfy both.
 # Usage: bash bench/recbole/setup.sh   (PY=python3.11 TORCH="torch==2.13.0" to override)
 set -euo pipefail
