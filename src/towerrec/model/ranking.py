@@ -4,7 +4,7 @@ At the start of an evaluation epoch the subclass's `catalog_vectors()` embeds ev
 batch's users are embedded by `user_vectors(batch)` (B, D) and kept by `example_idx`; at the end the harness
 (`towerrec.evaluation.evaluate`) ranks the full catalog for every user, under the configured protocol and,
 with `eval.both_protocols`, the other one too (`<stage>_kept/...`: history items kept, RecBole's protocol).
-It also holds what the modules share: the temperature, the logQ table, per-epoch seeding and the optimizer
+It also holds what the modules share: the temperature, the logQ table, per-batch seeding and the optimizer
 set-up (the subclass's `encoder_parameters()` in a parameter group of their own at `encoder_lr`, when set).
 """
 

@@ -17,8 +17,9 @@ A recommendation, step by step:
    masks and as the fallback of approximate indexes.
 4. `rerank`: the top `candidates` (the artifact's product dicts) go to the LM reranker under its time budget
    (`BudgetedStage`); it answers with an order over the candidates' positions and their scores
-   (`RerankResult`), checked to be a permutation of them (`rerank.apply`, which the batch job shares). If it is late, busy, failing, disabled or answers
-   anything else the retrieval order is returned, `served_by=degraded`, with the reason.
+   (`RerankResult`), checked to be a permutation of them (`rerank.apply`, which the batch job shares). If it is
+   late, busy, failing, disabled or answers anything else the retrieval order is returned, `served_by=degraded`,
+   with the reason.
 5. `explain`: grounded explanations for the first `max_items` items under their own budget; an explanation
    whose text failed the faithfulness check is returned with `text=None`, never as fact.
 

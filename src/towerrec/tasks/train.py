@@ -76,11 +76,10 @@ def sequence_from_config(cfg: DictConfig, split: Split):
         raise ValueError(f"model.text_encoder.train={settings.train} trains the product text encoder, but "
                          "model.text=false (id-only) has none; use model.text_encoder.train=frozen")
     text = TextConfig.from_dict(to_plain(cfg.text))
-    product = None
+    product, progress = None, bool(cfg.trainer.get("enable_progress_bar", True))
     if m.get("text", True):
         product = load_product_text(m["encoder"], render_items(split.catalog, text), settings,
-                                    cache_dir=cfg.paths.cache_dir, seed=cfg.seed,
-                                    progress=bool(cfg.trainer.get("enable_progress_bar", True)))
+                                    cache_dir=cfg.paths.cache_dir, seed=cfg.seed, progress=progress)
     L.seed_everything(cfg.seed, workers=True)  # the towers' initial weights do not depend on the cache
     model = build_sequence(m, product.vectors if product else None, split.num_items, split.item_counts(),
                            text_module=product.trainable if product else None)
@@ -92,7 +91,7 @@ def sequence_from_config(cfg: DictConfig, split: Split):
         loss_kind=loss_cfg.get("kind", "inbatch"), log_q_correction=loss_cfg.log_q_correction,
         item_counts=split.item_counts(), eval_config=evaluation.EvalConfig.from_any(cfg.eval), seed=cfg.seed,
         model_config={"model": m, "text": to_plain(cfg.text)}, encoder_lr=settings.lr if settings.trains else None,
-        progress=bool(cfg.trainer.get("enable_progress_bar", True)))
+        progress=progress)
     datamodule = SequenceDataModule(split, max_len=m["max_len"], seed=cfg.seed, **m["datamodule"])
     datamodule.text = text
     datamodule.text_encoder, datamodule.tokenizer = (product.encoder, product.tokenizer) if product else (None, None)
