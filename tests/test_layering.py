@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "towerrec"
 
 # lowest first; a module may import its own layer and the layers before it
 LAYERS = ("utils", "data", "evaluation", "model", "baselines", "index", "artifact", "retrieval", "rerank",
-          "serving", "reporting", "tasks")
+          "batch", "serving", "reporting", "tasks")
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -1,7 +1,8 @@
 """Export of the sequence towers (model=sequence / sequence_ids / sasrec) and serving them through the Retriever:
 exported = trained (the artifact's metrics are the run's), histories and free-text queries, products added
 later (embedded by the product text path, then usable in histories), the id-only model's refusals, verify, the
-checkpoint export, and what Artifact.load refuses. One tiny run per preset, shared by the module."""
+checkpoint export, and what Artifact.load refuses; for a text encoder trained with the towers (top_layers, full),
+the artifact's text path is the fine-tuned encoder. One tiny run per preset, shared by the module."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ EVAL_BATCH = 32  # small next to the 60 users: evaluation runs in several batche
 pytestmark = pytest.mark.usefixtures("one_thread_faiss")
 
 
-def train_tiny(tmp: Path, preset: str) -> dict:
+def train_tiny(tmp: Path, preset: str, extra: tuple[str, ...] = ()) -> dict:
     """train(cfg) on the tiny sequence setting, 1 epoch; {"cfg", "metrics", "objects", "path", "split"}."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
@@ -39,11 +40,11 @@ def train_tiny(tmp: Path, preset: str) -> dict:
 
     from towerrec.tasks.train import train
 
-    overrides = ["experiment=tiny_sequence", f"model={preset}", "model.dim=16", "model.max_len=6",
+    overrides = ["experiment=tiny", f"model={preset}", "model.dim=16", "model.max_len=6",
                  "data.num_users=60", "data.num_items=60", "data.max_len=12", "trainer.max_epochs=1",
                  f"model.datamodule.eval_batch_size={EVAL_BATCH}", "model.datamodule.batch_size=16",
                  "trainer.enable_progress_bar=false", "logger=none", "plots=false", "export.progress=false",
-                 f"paths.log_dir={tmp / 'logs'}", f"paths.cache_dir={tmp / 'cache'}"]
+                 f"paths.log_dir={tmp / 'logs'}", f"paths.cache_dir={tmp / 'cache'}", *extra]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
@@ -69,6 +70,18 @@ def run(tmp_path_factory, one_thread_faiss):
 @pytest.fixture(scope="module")
 def id_only(tmp_path_factory, one_thread_faiss):
     return train_tiny(tmp_path_factory.mktemp("sasrec"), "sasrec")
+
+
+FINE_TUNED = {"top_layers": ("model.text_encoder.train=top_layers", "model.text_encoder.top_layers=1"),
+              "full": ("model.text_encoder.train=full", "loss=full")}
+
+
+@pytest.fixture(scope="module", params=list(FINE_TUNED))
+def tuned(request, tmp_path_factory, one_thread_faiss):
+    """A run whose text encoder trained: top_layers (+ item ids, in-batch loss) or full (text only, loss=full)."""
+    mode = request.param
+    preset = "sequence_ids" if mode == "top_layers" else "sequence"
+    return {"mode": mode, **train_tiny(tmp_path_factory.mktemp(mode), preset, FINE_TUNED[mode])}
 
 
 @pytest.fixture
@@ -258,6 +271,70 @@ def test_checkpoint_export_gives_the_same_artifact(run, tmp_path):
             assert art.manifest["metrics"][key] == pytest.approx(value, abs=1e-9), key
     texts = render_items(run["split"].catalog, first.text)[:4]
     np.testing.assert_array_equal(art.item_tower.encode(texts), first.item_tower.encode(texts))
+
+
+# ------------------------------------------------------------------------------------------ fine-tuned encoders
+
+
+def fine_tuned_text_path(r: dict) -> TextItemTower:
+    """The run's product text path as training left it: its trained layers in a whole encoder, and the adapter."""
+    module, dm = r["objects"]["module"], r["objects"]["datamodule"]
+    items = module.model.items
+    return TextItemTower.from_items(items.text_module.export_encoder(dm.text_encoder), "mean", items).eval()
+
+
+def test_fine_tuned_exported_equals_trained(tuned):
+    art = Artifact.load(tuned["path"])
+    encoder = art.manifest["encoder"]
+    assert encoder["train"] == tuned["mode"] and encoder["frozen"] is False
+    assert encoder.get("top_layers") == (1 if tuned["mode"] == "top_layers" else None)
+    assert_run_metrics(art, tuned)
+    module = tuned["objects"]["module"]
+    with torch.no_grad():  # the stored vectors are the table refreshed from the best weights
+        np.testing.assert_array_equal(art.embeddings, module.model.items.all().numpy())
+        refreshed = module.model.items.text_module.all()
+    torch.testing.assert_close(module.model.items.text, refreshed)
+
+
+def test_fine_tuned_text_path_embeds_products_and_queries(tuned, tmp_path):
+    art, r = Artifact.load(tuned["path"]), tuned
+    texts = render_items(r["split"].catalog, art.text)
+    path, tokenizer = fine_tuned_text_path(r), r["objects"]["datamodule"].tokenizer
+    np.testing.assert_allclose(art.item_tower.encode(texts[:8]), encode_texts(path, tokenizer, texts[:8], 64),
+                               atol=1e-6)
+    # the fine-tuned weights, not the pretrained ones the run started from
+    from towerrec.model.text_vectors import load_text_encoder
+
+    start, _ = load_text_encoder(r["cfg"].model.encoder, texts, r["cfg"].seed)
+    stored = {k: v for k, v in load_numpy(str(art.path / "item_tower/model.safetensors")).items()
+              if k.startswith("encoder.")}
+    changed = [k for k, v in stored.items() if not np.array_equal(v, start.state_dict()[k[len("encoder."):]].numpy())]
+    assert changed
+    if tuned["mode"] == "top_layers":  # the top layer alone trained (of the tiny encoder's 2)
+        assert {k.split(".")[3] for k in changed} == {"1"} and all(k.startswith("encoder.encoder.layer.") for k in changed)
+    # an existing product's text through the exported path = its training vector (text only: model=sequence)
+    if tuned["mode"] == "full":
+        np.testing.assert_allclose(art.item_tower.encode(texts[:8]), art.embeddings[:8], atol=1e-5)
+    # a product added later is embedded by it
+    copy = Path(shutil.copytree(tuned["path"], tmp_path / "artifact"))
+    new = pd.DataFrame([catalog_row("new-tent", "Nordpeak Ultralight Tent 2P")])
+    add_items(copy, new)
+    added = Artifact.load(copy)
+    pos = added.table.positions_of_items(["new-tent"])[0]
+    text = render_item(new.iloc[0], added.text, None, [])
+    np.testing.assert_allclose(added.embeddings[pos], encode_texts(path, tokenizer, [text], 64)[0], atol=1e-6)
+
+
+def test_fine_tuned_checkpoint_export_gives_the_same_artifact(tuned, tmp_path):
+    path = export_checkpoint(tuned["cfg"], tuned["objects"]["best_ckpt"], out_dir=tmp_path / "from_ckpt")
+    art, first = Artifact.load(path), Artifact.load(tuned["path"])
+    np.testing.assert_array_equal(art.embeddings, first.embeddings)
+    for rel in ("user_tower/model.safetensors", "item_tower/model.safetensors", "item_tower/tower.json"):
+        assert sha256_file(path / rel) == sha256_file(first.path / rel), rel
+    assert art.manifest["encoder"] == first.manifest["encoder"]
+    for key, value in tuned["metrics"].items():
+        if key.split("/")[0] in ("val", "test"):
+            assert art.manifest["metrics"][key] == pytest.approx(value, abs=1e-9), key
 
 
 # ------------------------------------------------------------------------------------------ refused on load

@@ -140,7 +140,7 @@ def test_text_vector_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
 def test_presets_compose_and_train_on_the_tiny_setting(preset, loss, tmp_path, compose_cfg):
     from towerrec.tasks.train import train
 
-    overrides = ["experiment=tiny_sequence", f"model={preset}", f"loss={loss}", "model.dim=16", "model.max_len=10",
+    overrides = ["experiment=tiny", f"model={preset}", f"loss={loss}", "model.dim=16", "model.max_len=10",
                  "data.num_users=80", "data.num_items=60", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
                  "logger=none", "plots=false"]
     metrics, objects = train(compose_cfg(overrides, tmp_path / "run"))

@@ -340,7 +340,7 @@ def _train(overrides: list[str], tmp: Path) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """(run_dir, metrics): one two-tower run of experiment=tiny on a small world (a few seconds)."""
+    """(run_dir, metrics): one run of the default model (the sequence towers) on experiment=tiny on a small world (a few seconds)."""
     return _train(TINY_RUN, tmp_path_factory.mktemp("tiny_run"))
 
 
@@ -349,11 +349,11 @@ def test_train_leaves_the_figures_in_its_run_dir(tiny_run):
     for name in ("data", "training", "metrics_at_k", "popularity_bias"):
         assert _is_png(run_dir / "figures" / f"{name}.png"), name
     table = pd.read_csv(run_dir / "figures" / "metrics_at_k.csv").set_index(["model", "k"])
-    assert set(table.index.get_level_values("model")) == {"two-tower", "popularity", "item-KNN"}
+    assert set(table.index.get_level_values("model")) == {"sequence", "popularity", "item-KNN"}
     # the exported model, re-ranked for the figures, scores what training's own test evaluation scored
     for k in (5, 10, 20, 50):
-        assert table.loc[("two-tower", k), "recall"] == pytest.approx(metrics[f"test/recall@{k}"], abs=1e-6)
-        assert table.loc[("two-tower", k), "ndcg"] == pytest.approx(metrics[f"test/ndcg@{k}"], abs=1e-6)
+        assert table.loc[("sequence", k), "recall"] == pytest.approx(metrics[f"test/recall@{k}"], abs=1e-6)
+        assert table.loc[("sequence", k), "ndcg"] == pytest.approx(metrics[f"test/ndcg@{k}"], abs=1e-6)
 
 
 def test_a_baseline_run_leaves_its_figures_too(tmp_path):
@@ -373,8 +373,8 @@ def test_cli_recreates_the_figures_of_a_finished_run(tiny_run, tmp_path, monkeyp
     assert {p.name for p in out.iterdir()} == {"data.png", "training.png", "metrics_at_k.png", "metrics_at_k.csv",
                                               "popularity_bias.png"}
     table = pd.read_csv(out / "metrics_at_k.csv").set_index(["model", "k"])
-    assert set(table.index.get_level_values("model")) == {"two-tower", "popularity"}
-    assert table.loc[("two-tower", 10), "recall"] == pytest.approx(metrics["test/recall@10"], abs=1e-6)
+    assert set(table.index.get_level_values("model")) == {"sequence", "popularity"}
+    assert table.loc[("sequence", 10), "recall"] == pytest.approx(metrics["test/recall@10"], abs=1e-6)
     with pytest.raises(SystemExit):
         plots_task.main([str(run_dir), "--baselines", "bogus"])
 

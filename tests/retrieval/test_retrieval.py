@@ -298,7 +298,7 @@ def test_recommend_and_similar_items(retriever, artifact, split):
 
 
 def test_pipeline_export_and_checkpoint_export_reproduce_the_run_metrics(tmp_path):
-    """train(cfg) with experiment=tiny, then the two lead-facing hooks: export_run (end of training) and
+    """train(cfg) with experiment=tiny_two_tower, then the two lead-facing hooks: export_run (end of training) and
     export_checkpoint (`stage=export ckpt_path=...`); the artifact's own metrics equal the run's."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
@@ -308,7 +308,7 @@ def test_pipeline_export_and_checkpoint_export_reproduce_the_run_metrics(tmp_pat
     from towerrec.tasks.train import train
 
     run_dir = tmp_path / "run"
-    overrides = ["experiment=tiny", "data.num_users=60", "data.num_items=80", "data.max_len=8",
+    overrides = ["experiment=tiny_two_tower", "data.num_users=60", "data.num_items=80", "data.max_len=8",
                  "model.datamodule.batch_size=16", "model.datamodule.eval_batch_size=32", "trainer.max_epochs=1",
                  "trainer.enable_progress_bar=false", "logger=none", "model.item_id_embedding=true",
                  f"paths.log_dir={tmp_path / 'logs'}", f"paths.cache_dir={tmp_path / 'cache'}"]

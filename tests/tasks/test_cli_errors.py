@@ -1,16 +1,15 @@
 """`python train.py` on bad input: a `DataError` or `ArtifactError` is its one sentence on stderr (`error: ...`)
 and exit status 1, with no traceback; `HYDRA_FULL_ERROR=1` still shows the traceback. The `slow` tests run the
-real entry point in a subprocess on failing loads; the others drive train.py's Hydra main in-process with a
-stand-in `train`."""
+real entry point in a subprocess on failing loads; the others drive its job (`towerrec.tasks.cli.train_job`)
+in-process with a stand-in `train`."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 from helpers.cli import explain, run_cli
-from helpers.data import ROOT, run_paths
+from helpers.data import run_paths
 from helpers.loader_files import QUOTED_PRODUCT, quote_files
 from omegaconf import OmegaConf
 
@@ -85,17 +84,15 @@ def test_hydra_full_error_shows_the_traceback(tmp_path):
 
 @pytest.fixture
 def main_raising(monkeypatch):
-    """main_raising(error): train.py's Hydra main on an empty config, its `train` raising `error`."""
-    spec = importlib.util.spec_from_file_location("towerrec_train_cli_errors", ROOT / "train.py")
-    entry = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(entry)
+    """main_raising(error): train.py's job on an empty config, its `train` raising `error`."""
+    from towerrec.tasks import cli
 
     def run(error: Exception):
         def train(cfg):
             raise error
 
-        monkeypatch.setattr(entry, "train", train)
-        return entry.main(OmegaConf.create({}))  # a config passed in skips Hydra's own setup
+        monkeypatch.setattr("towerrec.tasks.train.train", train)
+        return cli.train_job(OmegaConf.create({}))
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     return run

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -55,15 +54,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def entry():
-    """train.py loaded as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("towerrec_train_entry", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _read_metrics(run_dir: Path) -> dict[str, float]:
     path = run_dir / "metrics.json"
     assert path.is_file(), f"no metrics.json in {run_dir}: {sorted(p.name for p in run_dir.iterdir())}"
@@ -87,12 +77,13 @@ def _check_metrics(metrics: dict[str, float]) -> None:
 # ------------------------------------------------------------------------------------------------------
 
 
-def test_two_tower_run_writes_metrics_checkpoint_and_csv(compose_cfg, tmp_path, one_thread):
+@pytest.mark.parametrize("experiment", ["tiny", "tiny_two_tower"])  # the sequence towers, the text two-tower
+def test_tower_run_writes_metrics_checkpoint_and_csv(compose_cfg, tmp_path, one_thread, experiment):
     from towerrec.tasks.train import train
     from towerrec.utils.hydra import metric_value
 
     run_dir = tmp_path / "run"
-    cfg = compose_cfg([*FAST, "logger=csv"], run_dir)
+    cfg = compose_cfg([*FAST, f"experiment={experiment}", "logger=csv"], run_dir)
     metrics, objects = train(cfg)
 
     saved = _read_metrics(run_dir)
@@ -309,9 +300,10 @@ class _Tripwire:
         self.sock.close()
 
 
-def test_wandb_offline_run_logs_config_metrics_and_artifact(compose_cfg, tmp_path, monkeypatch, one_thread, entry):
+def test_wandb_offline_run_logs_config_metrics_and_artifact(compose_cfg, tmp_path, monkeypatch, one_thread):
     import wandb
 
+    from towerrec.tasks.cli import _finish_wandb
     from towerrec.tasks.train import train
 
     tripwire = _Tripwire()
@@ -334,7 +326,7 @@ def test_wandb_offline_run_logs_config_metrics_and_artifact(compose_cfg, tmp_pat
         metrics, _ = train(cfg)
         assert os.environ.get("WANDB_MODE") in ("offline", "dryrun")  # set by the pipeline / WandbLogger
         run_id = wandb.run.id
-        entry._finish_wandb(failed=False)  # what train.py does after every job
+        _finish_wandb(failed=False)  # what train.py does after every job
         assert wandb.run is None
     finally:
         if wandb.run is not None:
@@ -348,7 +340,7 @@ def test_wandb_offline_run_logs_config_metrics_and_artifact(compose_cfg, tmp_pat
     records = list(wandb_records(runs[0] / f"run-{run_id}.wandb"))
 
     config = {u.key: json.loads(u.value_json) for r in records if r.HasField("config") for u in r.config.update}
-    assert config["model"]["kind"] == "two_tower" and config["loss"]["temperature"] == cfg.loss.temperature
+    assert config["model"]["kind"] == "sequence" and config["loss"]["temperature"] == cfg.loss.temperature
     assert config["optimized_metric"] == "val/ndcg@10"
 
     def key(item):
@@ -548,7 +540,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     from towerrec.data.load import load_split
 
     run_dir = tmp_path / "run"
-    args = [*SMALL, *run_paths(tmp_path), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+    args = [*SMALL, "experiment=tiny_two_tower", *run_paths(tmp_path), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
             "trainer.max_epochs=1", "trainer.log_every_n_steps=1", "logger=csv", f"hydra.run.dir={run_dir}"]
     proc = run_cli(args, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     assert proc.returncode == 0, explain(proc)
@@ -596,12 +588,12 @@ def test_multirun_sweep_writes_one_job_dir_per_value(tmp_path):
 @pytest.mark.slow
 def test_crashing_job_does_not_end_the_sweep(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    proc = run_cli(["-m", *FAST, *run_paths(tmp_path), "model.pooling=bogus,mean", f"hydra.sweep.dir={sweep_dir}"])
+    proc = run_cli(["-m", *FAST, *run_paths(tmp_path), "model.adapter=bogus,linear", f"hydra.sweep.dir={sweep_dir}"])
     assert proc.returncode == 0, explain(proc)
     bad, good = _job_dirs(sweep_dir)
     error = (bad / "error.log").read_text()
-    assert "Traceback" in error and "pooling must be 'mean' or 'cls', got 'bogus'" in error
-    assert "pooling must be" in (bad / "debug.log").read_text()  # also in the job's own log
+    assert "Traceback" in error and "model.adapter must be one of ('linear', 'mlp'), got 'bogus'" in error
+    assert "model.adapter must be" in (bad / "debug.log").read_text()  # also in the job's own log
     assert not (bad / "metrics.json").exists()
     _check_metrics(_read_metrics(good))
 
@@ -609,9 +601,9 @@ def test_crashing_job_does_not_end_the_sweep(tmp_path):
 @pytest.mark.slow
 def test_crash_in_a_single_run_exits_nonzero(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli([*FAST, *run_paths(tmp_path), "model.pooling=bogus", f"hydra.run.dir={run_dir}"])
+    proc = run_cli([*FAST, *run_paths(tmp_path), "model.adapter=bogus", f"hydra.run.dir={run_dir}"])
     assert proc.returncode != 0
-    assert "pooling must be 'mean' or 'cls', got 'bogus'" in proc.stderr
+    assert "model.adapter must be one of ('linear', 'mlp'), got 'bogus'" in proc.stderr
     assert not (run_dir / "error.log").exists() and not (run_dir / "metrics.json").exists()
 
 
@@ -624,7 +616,7 @@ def test_optuna_search_survives_a_failed_trial(tmp_path):
     fixed = [a for a in FAST if not a.startswith("model.datamodule.batch_size=")]  # a fixed value leaves the search
     args = ["-m", "hparams_search=optuna", *fixed, *run_paths(tmp_path), "hydra.sweeper.n_trials=3",
             # a sweep on the command line replaces that parameter's search space from optuna.yaml
-            "model.freeze_layers=choice(0,1)",  # the tiny encoder has 2 layers
+            "model.layers=choice(1,2)",
             "model.datamodule.batch_size=choice(8,16)",
             "+callbacks.fail._target_=helpers.crash_callback.FailInJob", "+callbacks.fail.job=1",
             f"hydra.sweep.dir={sweep_dir}"]
@@ -638,10 +630,13 @@ def test_optuna_search_survives_a_failed_trial(tmp_path):
     for job in done:
         _check_metrics(_read_metrics(job))
         cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
-        assert 1e-5 <= cfg.model.optimizer.lr <= 1e-3 and 0.02 <= cfg.loss.temperature <= 0.1
-        assert cfg.model.freeze_layers in (0, 1) and cfg.model.datamodule.batch_size in (8, 16)
+        assert 1e-4 <= cfg.model.optimizer.lr <= 3e-3 and 0.03 <= cfg.loss.temperature <= 0.15
+        assert 0.0 <= cfg.model.dropout <= 0.5 and cfg.model.max_len in (10, 20, 30)
+        assert not cfg.export.enabled and not cfg.plots  # a trial is a short run
+        assert cfg.model.layers in (1, 2) and cfg.model.datamodule.batch_size in (8, 16)
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     best = max(_read_metrics(job)["val/ndcg@10"] for job in done)
     assert results.name == "optuna" and results.best_value == pytest.approx(best)
-    assert set(results.best_params) == {"model.optimizer.lr", "loss.temperature", "model.freeze_layers",
+    assert set(results.best_params) == {"model.optimizer.lr", "model.optimizer.weight_decay", "loss.temperature",
+                                        "model.dropout", "model.layers", "model.max_len",
                                         "model.datamodule.batch_size"}

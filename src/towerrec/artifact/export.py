@@ -106,9 +106,11 @@ def export_sequence_artifact(
 ) -> Path:
     """Export the sequence towers: the stored product vectors are `model.items.all()` (exactly what the user
     tower reads for history items in training, so serving embeds a history by lookups and the transformer),
-    the user tower, and the product text path (`encoder` + `tokenizer`: the frozen text encoder that computed
-    the training text vectors, with `pooling` and `text_max_length`; not needed for an id-only model).
-    `development_key` as in `export_artifact`. Returns the artifact path."""
+    the user tower, and the product text path (`encoder` + `tokenizer`: the text encoder that computed the
+    training text vectors, with `pooling` and `text_max_length`; not needed for an id-only model). When the
+    encoder trained with the towers (`model.items.text_module`), the path holds the fine-tuned encoder: its
+    trained layers put back into `encoder` (`TrainableText.export_encoder`). `development_key` as in
+    `export_artifact`. Returns the artifact path."""
     catalog = split.catalog
     item_texts = render_items(catalog, text)
     was_training = model.training
@@ -128,12 +130,18 @@ def export_sequence_artifact(
                       "max_len": int(model.users.max_len)}}
     max_length = None
     if with_text:
-        if encoder is None or tokenizer is None:
+        if tokenizer is None or (encoder is None and (items.text_module is None or items.text_module.mode != "full")):
             raise ValueError("exporting sequence towers with text needs the text encoder and tokenizer that "
-                             "computed the frozen text vectors")
+                             "computed the text vectors")
+        trained = items.text_module
+        if trained is not None:
+            encoder = trained.export_encoder(encoder)
         if encoder_name is None:
             encoder_name = _encoder_name(train_cfg) or getattr(encoder.config, "_name_or_path", "") or "unknown"
-        head["encoder"] = {"name_or_path": encoder_name, "class": type(encoder).__name__, "frozen": True}
+        head["encoder"] = {"name_or_path": encoder_name, "class": type(encoder).__name__, "frozen": trained is None,
+                           "train": "frozen" if trained is None else trained.mode}
+        if trained is not None and trained.mode == "top_layers":
+            head["encoder"]["top_layers"] = len(trained.layers)
         max_length = {"item": int(text_max_length)}
 
     def towers(tmp: Path) -> None:

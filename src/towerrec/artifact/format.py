@@ -26,8 +26,9 @@ The manifest's `model.kind` says which towers these are (absent: `two_tower`, ar
                 heads, ff_mult, dropout} and model.safetensors (no encoder, no tokenizer). item_tower/: what
                 embeds a product or a free-text query from text: tower.json {"kind": "sequence_items", text,
                 dim, pooling, max_length, adapter, ...}, and, when `model.text` is true, model.safetensors (the
-                frozen text encoder + the adapter [and mlp]), config.json and the tokenizer; an id-only model
-                (`model.text` false) has no text path, so products cannot be added and queries not embedded
+                text encoder, frozen or fine-tuned, + the adapter [and mlp]), config.json and the tokenizer; an
+                id-only model (`model.text` false) has no text path, so products cannot be added and queries not
+                embedded
 
 Every file is listed in manifest.json with its sha256 and size; a file present but not listed is refused, so
 nothing is ever read unverified. The one exception is rerank/, which `stage=rerank` writes into an exported

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import faiss
@@ -50,6 +50,7 @@ from towerrec.artifact.towers import (
     load_tower,
     tower_kind,
 )
+from towerrec.data.privacy import ENV_VAR as SECRET_ENV
 from towerrec.data.text import TextConfig
 from towerrec.index import apply_search_params, assemble_shards
 from towerrec.utils.io import sha256_file
@@ -90,6 +91,33 @@ class Artifact:
             self._users = users
         return self._users
 
+    @property
+    def digest(self) -> str:
+        """sha256 of manifest.json, which lists every file's sha256: the identity of the artifact's content."""
+        with reading(self.path / MANIFEST, "cannot be read"):
+            return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()
+
+    @property
+    def num_users(self) -> int:
+        """How many known users users.parquet holds (its metadata; nothing else is read)."""
+        if not self.has_users:
+            return 0
+        f = self.path / USERS_FILE
+        with reading(f, "not a readable parquet table"):
+            return int(pq.ParquetFile(f).metadata.num_rows)
+
+    def iter_users(self, batch_size: int = 1024) -> Iterator[tuple[str, list[str]]]:
+        """(user id, item ids oldest first) of every known user in file order, read `batch_size` rows at a
+        time, so memory does not grow with the number of users (unlike `users`)."""
+        if not self.has_users:
+            return
+        f = self.path / USERS_FILE
+        with reading(f, "not a users table (user_id, items: lists of item ids)"):
+            batches = pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=list(USER_COLUMNS))
+            for batch in batches:
+                for user, items in zip(batch.column("user_id").to_pylist(), batch.column("items").to_pylist()):
+                    yield str(user), [str(i) for i in items]
+
     def user_history(self, user_id: str) -> list[str] | None:
         """Item ids a known user interacted with, oldest first; None for an unknown user."""
         return self.users.get(str(user_id))
@@ -98,8 +126,7 @@ class Artifact:
     def version(self) -> str:
         """The first 16 hex digits of the manifest's sha256: it changes with every export, add and remove (the
         manifest lists every file's checksum), so it names one exact content of the artifact."""
-        with reading(self.path / MANIFEST, "cannot be read"):
-            return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()[:16]
+        return self.digest[:16]
 
     @property
     def dim(self) -> int:
@@ -114,6 +141,16 @@ class Artifact:
     def has_text_path(self) -> bool:
         """Whether products and free text can be embedded from text (false: an id-only sequence model)."""
         return has_text_path(self.manifest)
+
+    def refuse_development_key(self, allow: str) -> None:
+        """ArtifactError, one sentence, when the users' pseudonyms came from the development key (manifest
+        data.development_key), which anyone can recompute; `allow` says how the caller accepts such an artifact
+        for a development run (e.g. "pass development=true to serve it")."""
+        data = self.manifest.get("data")
+        if isinstance(data, dict) and data.get("development_key") is True:
+            raise ArtifactError(f"{self.path / MANIFEST}: its user pseudonyms come from the development key "
+                                "(data.development_key), which anyone can recompute; export it again with "
+                                f"data.user_id_secret or ${SECRET_ENV} set, or {allow} for a development run")
 
     def require_text_path(self, what: str) -> None:
         """ArtifactError, one sentence, when this artifact cannot embed text to do `what`."""

@@ -182,15 +182,16 @@ def save_sequence_user_tower(tower: SequenceUserTower, out: Path) -> None:
 
 def save_sequence_item_tower(items: ItemEncoder, encoder: nn.Module | None, tokenizer, out: Path, *,
                              pooling: str | None, max_length: int | None) -> None:
-    """item_tower/ of a sequence artifact: with text, the frozen encoder (config.json, tokenizer) and the
-    adapter [and mlp] weights in one model.safetensors; id-only (no adapter), tower.json alone."""
+    """item_tower/ of a sequence artifact: with text, the text encoder (frozen or fine-tuned; config.json,
+    tokenizer) and the adapter [and mlp] weights in one model.safetensors; id-only (no adapter), tower.json
+    alone."""
     out.mkdir(parents=True)
     meta = {"kind": SEQUENCE_ITEMS, "text": items.adapter is not None, "dim": int(items.dim),
             "item_ids": items.ids is not None, "pooling": None, "max_length": None, "adapter": None}
     if items.adapter is not None:
         if encoder is None or tokenizer is None:
             raise ValueError("a sequence product tower with text needs the text encoder and tokenizer that "
-                             "computed its frozen text vectors")
+                             "computed its text vectors")
         tower = TextItemTower.from_items(encoder, pooling, items)
         save_torch(_cpu_state(tower), str(out / TOWER_WEIGHTS))
         encoder.config.save_pretrained(out)  # config.json

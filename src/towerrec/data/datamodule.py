@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from towerrec.data.splits import Examples, Split
 from towerrec.data.text import TextConfig, UserText, render_items
 from towerrec.data.tokens import count_tokens, pad_batch, tokenize
+from towerrec.utils.io import save_arrays
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +148,10 @@ class RetrievalDataModule(L.LightningDataModule):
         return tokenize(self.tokenizer, self.user_texts(examples), self.user_max_length)
 
     def _save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"item": _pack(self.item_tokens)}
         for s, toks in self.user_tokens.items():
             arrays[s] = _pack(toks)
-        flat = {f"{k}_{part}": v for k, pair in arrays.items() for part, v in zip(("ids", "offsets"), pair)}
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # one per process: DDP ranks write at once
-        np.savez(tmp, **flat)
-        tmp.replace(path)
+        save_arrays(path, {f"{k}_{part}": v for k, pair in arrays.items() for part, v in zip(("ids", "offsets"), pair)})
 
     def _load(self, path: Path) -> None:
         with np.load(path, allow_pickle=False) as z:

@@ -2,8 +2,10 @@
 
 Training sequences (each user's items before the validation target) are cut from their newest end into windows
 of `max_len + 1` items (consecutive windows share one item, so every transition is used once); a window gives
-inputs = items[:-1] and targets = items[1:], right-aligned with -1 padding on the left. Validation and test
-batches carry one right-aligned history window per user (`example_idx` says which example).
+inputs = items[:-1] and targets = items[1:], right-aligned with -1 padding on the left. Training batches are
+shuffled by (seed, epoch) alone and sharded across DDP ranks (the two-tower's `BucketBatchSampler`, one batch per
+pool: no length bucketing), so an epoch replayed after a crash sees the same batches. Validation and test batches
+carry one right-aligned history window per user (`example_idx` says which example).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from towerrec.data.datamodule import BucketBatchSampler
 from towerrec.data.splits import Split
 from towerrec.data.windows import right_aligned, training_windows
 
@@ -37,9 +40,10 @@ class SequenceDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data = torch.utils.data.TensorDataset(torch.from_numpy(self.train_inputs), torch.from_numpy(self.train_targets))
-        generator = torch.Generator().manual_seed(self.seed + (self.trainer.current_epoch if self.trainer else 0))
-        return DataLoader(data, batch_size=self.batch_size, shuffle=True, generator=generator,
-                          num_workers=self.num_workers, collate_fn=_collate_train)
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        sampler = BucketBatchSampler((self.train_inputs >= 0).sum(1), self.batch_size, self.seed, pool=1,
+                                     num_replicas=world, rank=rank)
+        return DataLoader(data, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=_collate_train)
 
     def _eval_loader(self, stage: str) -> DataLoader:
         windows = torch.from_numpy(self.eval_windows[stage])

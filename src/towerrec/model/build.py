@@ -26,13 +26,13 @@ def build_two_tower(params: Mapping, corpus: Sequence[str], item_counts: np.ndar
 
 
 def build_sequence(params: Mapping, text_vectors: np.ndarray | None, num_items: int,
-                   item_counts: np.ndarray | None = None) -> SequenceRecommender:
-    """The sequence towers; `text_vectors` (N, H) frozen product text vectors, or None when `params["text"]` is
-    false (id-only)."""
+                   item_counts: np.ndarray | None = None, text_module=None) -> SequenceRecommender:
+    """The sequence towers; `text_vectors` (N, H) product text vectors, or None when `params["text"]` is false
+    (id-only); `text_module`: the TrainableText whose layers train with the towers (None: frozen vectors)."""
     dim = int(params["dim"])
     items = ItemEncoder(text_vectors if params.get("text", True) else None, dim, num_items=num_items,
                         adapter=params.get("adapter", "linear"), item_ids=bool(params.get("item_ids")),
-                        item_counts=item_counts)
+                        item_counts=item_counts, text_module=text_module)
     users = SequenceUserTower(dim, int(params["max_len"]), layers=int(params["layers"]), heads=int(params["heads"]),
                               dropout=float(params["dropout"]))
     return SequenceRecommender(items, users)

@@ -4,8 +4,8 @@ At the start of an evaluation epoch the subclass's `catalog_vectors()` embeds ev
 batch's users are embedded by `user_vectors(batch)` (B, D) and kept by `example_idx`; at the end the harness
 (`towerrec.evaluation.evaluate`) ranks the full catalog for every user, under the configured protocol and,
 with `eval.both_protocols`, the other one too (`<stage>_kept/...`: history items kept, RecBole's protocol).
-It also holds what the modules share: the temperature, the logQ table, per-epoch seeding and the optimizer
-set-up.
+It also holds what the modules share: the temperature, the logQ table, per-batch seeding and the optimizer
+set-up (the subclass's `encoder_parameters()` in a parameter group of their own at `encoder_lr`, when set).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from towerrec.model import loss as losses
 class CatalogRankingModule(L.LightningModule):
     def __init__(self, optimizer: Callable, scheduler: Callable | None, temperature: float, learn_temperature: bool,
                  item_counts: np.ndarray | None, eval_config: evaluation.EvalConfig | Mapping | None,
-                 model_config: Mapping | None):
+                 model_config: Mapping | None, encoder_lr: float | None = None):
         super().__init__()
+        self.encoder_lr = encoder_lr
         self.eval_config = evaluation.EvalConfig.from_any(eval_config)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
@@ -54,18 +55,34 @@ class CatalogRankingModule(L.LightningModule):
         """(B, D) user vectors of one evaluation batch."""
         raise NotImplementedError
 
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Text-encoder parameters that train at `encoder_lr` (none by default)."""
+        return []
+
     # ---- shared ------------------------------------------------------------------------------------
     @property
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp().clamp(0.005, 1.0)
 
-    def on_train_epoch_start(self) -> None:
-        # dropout draws depend only on (seed, epoch): an epoch replayed after a crash is bit-identical
-        torch.manual_seed(self.hparams.seed * 100_003 + self.current_epoch)
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # dropout draws depend only on (seed, epoch, batch, rank), not on whatever drew random numbers before
+        # (data loader iterators, a resumed run's restore): an epoch replayed after a crash is bit-identical
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        torch.manual_seed(int(np.random.SeedSequence([self.hparams.seed, self.current_epoch, batch_idx,
+                                                      rank]).generate_state(1)[0]))
+
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups: the trainable text-encoder parameters at `encoder_lr` (when set and
+        there are any), everything else that trains at the optimizer's own learning rate."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        encoder = {id(p) for p in self.encoder_parameters() if p.requires_grad}
+        if self.encoder_lr is None or not encoder:
+            return [{"params": params}]
+        return [{"params": [p for p in params if id(p) not in encoder]},
+                {"params": [p for p in params if id(p) in encoder], "lr": float(self.encoder_lr)}]
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=params)
+        optimizer = self.optimizer_factory(params=self.param_groups())
         if self.scheduler_factory is None:
             return optimizer
         steps = int(self.trainer.estimated_stepping_batches)

@@ -1,5 +1,6 @@
-"""The sequence towers: a product tower over frozen text vectors (+ optional item ids), and a user tower that
-reads the history as a sequence of those product vectors through a small causal transformer.
+"""The sequence towers: a product tower over text vectors (+ optional item ids), and a user tower that reads the
+history as a sequence of those product vectors through a small causal transformer. The text vectors are frozen, or
+come from a text encoder that trains with the towers (`ItemEncoder.text_module`, towerrec.model.text_encoder).
 
 Item indices are catalog positions 0..N-1; -1 is padding. Histories are right-aligned windows of length L (the
 newest item in the last slot, older items before it, padding on the left), so a position embedding is the
@@ -19,18 +20,24 @@ ADAPTERS = ("linear", "mlp")
 
 
 class ItemEncoder(nn.Module):
-    """Product vectors: adapter(frozen text vector) [+ learned item-id embedding], L2-normalised.
+    """Product vectors: adapter(text vector) [+ learned item-id embedding], L2-normalised.
 
     `text_vectors` (N, H) or None (id-only: a SASRec-style item table). With text, the id embedding covers only
-    products seen in training (`item_counts` > 0); the others, and products added later, are text alone."""
+    products seen in training (`item_counts` > 0); the others, and products added later, are text alone.
+    `text_module` (a TrainableText, or None: frozen text vectors): the text encoder that trains with the towers;
+    `fresh(idx)` reads it with grad, and `refresh_text()` recomputes the stored table `text` from it."""
 
     def __init__(self, text_vectors: np.ndarray | None, dim: int, *, num_items: int | None = None,
-                 adapter: str = "linear", item_ids: bool = False, item_counts: np.ndarray | None = None):
+                 adapter: str = "linear", item_ids: bool = False, item_counts: np.ndarray | None = None,
+                 text_module: nn.Module | None = None):
         super().__init__()
         if adapter not in ADAPTERS:
             raise ValueError(f"model.adapter must be one of {ADAPTERS}, got {adapter!r}")
         if text_vectors is None and not item_ids:
             raise ValueError("a product tower needs text vectors, item ids, or both")
+        if text_module is not None and text_vectors is None:
+            raise ValueError("a trained text encoder needs model.text=true (the product tower's text vectors)")
+        self.text_module = text_module
         self.num_items = len(text_vectors) if text_vectors is not None else int(num_items)
         self.dim = dim
         self.adapter = None
@@ -59,13 +66,26 @@ class ItemEncoder(nn.Module):
                 self.ids.weight[0].zero_()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """(...,) catalog positions (>= 0) -> (..., D) unit vectors."""
+        """(...,) catalog positions (>= 0) -> (..., D) unit vectors from the stored text vectors."""
+        return self._vectors(idx, self.text[idx] if self.adapter is not None else None)
+
+    def fresh(self, idx: torch.Tensor) -> torch.Tensor:
+        """(U,) catalog positions -> (U, D) unit vectors, the text vectors computed now by `text_module` (with
+        grad through its trained layers)."""
+        return self._vectors(idx, self.text_module(idx).to(self.text.dtype))
+
+    def _vectors(self, idx: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
         out = 0
-        if self.adapter is not None:
-            out = adapt(self.adapter, self.mlp, self.text[idx])  # (..., D)
+        if text is not None:
+            out = adapt(self.adapter, self.mlp, text)  # (..., D)
         if self.ids is not None:
             out = out + self.ids(self.id_rows[idx])  # (..., D)
         return F.normalize(out, dim=-1)
+
+    @torch.no_grad()
+    def refresh_text(self, progress: bool = False) -> None:
+        """Recompute the stored text vectors (N, H) of the whole catalog by `text_module` (no grad, eval mode)."""
+        self.text.copy_(self.text_module.all(progress).to(self.text))
 
     def all(self) -> torch.Tensor:
         """(N, D) vectors of the whole catalog."""
@@ -85,9 +105,9 @@ def adapt(adapter: nn.Linear, mlp: nn.Module | None, text: torch.Tensor) -> torc
 class TextItemTower(nn.Module):
     """The product tower's text path on its own: text encoder -> pooling -> adapter [-> mlp] -> L2 norm.
 
-    What an exported sequence artifact embeds products added later and free-text queries with: the frozen
-    encoder that computed the training text vectors and the trained adapter, no id embedding (such products
-    are unseen). `forward` has the TextTower signature, so `towerrec.model.encode.encode_texts` runs it."""
+    What an exported sequence artifact embeds products added later and free-text queries with: the encoder that
+    computed the training text vectors (frozen, or with its trained layers: `TrainableText.export_encoder`) and
+    the trained adapter, no id embedding (such products are unseen). `forward` has the TextTower signature, so `towerrec.model.encode.encode_texts` runs it."""
 
     def __init__(self, encoder: nn.Module, pooling: str, dim: int, adapter: str = "linear"):
         super().__init__()
@@ -183,10 +203,12 @@ class SequenceRecommender(nn.Module):
     def dim(self) -> int:
         return self.items.dim
 
-    def user_states(self, windows: torch.Tensor) -> torch.Tensor:
-        """(B, L) catalog positions, -1 = padding -> (B, L) per-slot user vectors (B, L, D)."""
+    def user_states(self, windows: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) positions, -1 = padding -> (B, L, D) per-slot user vectors. The positions index `table` (M, D)
+        when given (vectors computed for this batch), else the catalog (the product tower's stored vectors)."""
         real = windows >= 0  # (B, L)
-        return self.users(self.items(windows.clamp_min(0)), real)
+        w = windows.clamp_min(0)
+        return self.users(self.items(w) if table is None else table[w], real)
 
     def embed_users(self, windows: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) right-aligned histories -> (B, D): the newest slot's vector.

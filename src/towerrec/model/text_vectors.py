@@ -23,16 +23,21 @@ from towerrec.data.tokens import tokenize
 from towerrec.model.encode import encode_tokens
 from towerrec.model.encoders import load_encoder
 from towerrec.model.towers import pool
+from towerrec.utils.io import save_arrays
 
 log = logging.getLogger(__name__)
 
 
-def cache_key(encoder_cfg: Mapping, pooling: str, max_length: int, texts: Sequence[str], seed: int = 0) -> str:
-    """A digest of everything the vectors depend on (the seed matters only for random-init encoders)."""
+def cache_key(encoder_cfg: Mapping, pooling: str, max_length: int, texts: Sequence[str], seed: int = 0,
+              extra: Mapping | None = None) -> str:
+    """A digest of everything the vectors depend on (the seed matters only for random-init encoders); `extra`:
+    what else a cached file depends on (towerrec.model.text_encoder: the number of trained top layers)."""
     h = hashlib.blake2b(digest_size=12)
-    h.update(json.dumps({"encoder": dict(encoder_cfg), "pooling": pooling, "max_length": int(max_length),
-                         "seed": int(seed) if encoder_cfg.get("random_init") else None},
-                        sort_keys=True, default=str).encode())
+    what = {"encoder": dict(encoder_cfg), "pooling": pooling, "max_length": int(max_length),
+            "seed": int(seed) if encoder_cfg.get("random_init") else None}
+    if extra:  # absent for the text vectors: their existing cache files keep their keys
+        what["extra"] = dict(extra)
+    h.update(json.dumps(what, sort_keys=True, default=str).encode())
     for text in texts:
         h.update(text.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
@@ -80,8 +85,5 @@ def text_vectors(encoder_cfg: Mapping, texts: Sequence[str], *, max_length: int,
                     encoder.config.hidden_size)
     vectors = compute_text_vectors(encoder, tokenizer, texts, max_length, pooling, batch_size, progress)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # one per process: DDP ranks write at once
-        np.save(tmp, vectors)
-        tmp.replace(path)
+        save_arrays(path, vectors)
     return vectors, encoder, tokenizer

@@ -14,17 +14,24 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def layer_stack(encoder: nn.Module) -> tuple[nn.Module, str] | None:
+    """(parent, attribute) of the transformer layer stack of common HF encoders (BERT-like, DistilBERT,
+    RoBERTa, ...): `getattr(parent, attribute)` is the nn.ModuleList; None when there is none."""
+    for path in ("encoder.layer", "transformer.layer", "layers", "layer"):
+        parent, *names, last = [encoder, *path.split(".")]
+        for name in names:
+            parent = getattr(parent, name, None)
+            if parent is None:
+                break
+        if parent is not None and isinstance(getattr(parent, last, None), nn.ModuleList):
+            return parent, last
+    return None
+
+
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList | None:
     """The stack of transformer layers of common HF encoders (BERT-like, DistilBERT, RoBERTa, ...)."""
-    for path in ("encoder.layer", "transformer.layer", "layers", "layer"):
-        obj = encoder
-        for name in path.split("."):
-            obj = getattr(obj, name, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList):
-            return obj
-    return None
+    found = layer_stack(encoder)
+    return None if found is None else getattr(*found)
 
 
 def freeze_lower_layers(encoder: nn.Module, num_layers: int) -> None:

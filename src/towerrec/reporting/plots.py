@@ -10,7 +10,7 @@ test users once with the run's model and with the popularity and item-KNN baseli
 `RUN_DIR/figures/`:
 
     data.png              interactions per user, item popularity long tail
-    training.png          training loss, validation Recall@10 / NDCG@10, learning rate (two-tower runs)
+    training.png          training loss, validation Recall@10 / NDCG@10, learning rate (runs that train towers)
     metrics_at_k.png      Recall@K and NDCG@K for K = 1..50, the run's model against the baselines
     popularity_bias.png   share of top-10 exposure by item-popularity decile, Lorenz curves with Gini
     metrics_at_k.csv      the numbers behind metrics_at_k.png

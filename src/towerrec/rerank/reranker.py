@@ -33,13 +33,13 @@ import numpy as np
 
 from towerrec.rerank import fusion
 from towerrec.rerank import prompts as P
+from towerrec.rerank.apply import RERANK_FILE
 from towerrec.rerank.lm import load_lm, model_source
 from towerrec.rerank.scoring import SCORERS, make_scorer
 from towerrec.utils.io import to_plain
 
 log = logging.getLogger(__name__)
 
-RERANK_FILE = "rerank.json"
 ADAPTER_DIR = "adapter"
 FORMAT_VERSION = 1
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from towerrec.rerank.apply import find_rerank_dir
 from towerrec.serving.config import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -113,15 +114,7 @@ def resolve(path: str) -> Callable:
 def rerank_dir(cfg: ServeConfig) -> Path | None:
     """The rerank directory to serve (`stage=rerank` output: tuned fusion weight, LoRA adapter), if any:
     `service.rerank_dir` = a path, `auto` (ARTIFACT/rerank when it holds rerank.json) or null (none)."""
-    setting = cfg.rerank_dir
-    if setting in (None, "", "none", "null"):
-        return None
-    path = Path(cfg.artifacts) / "rerank" if setting == "auto" else Path(setting)
-    if (path / "rerank.json").is_file():
-        return path
-    if setting != "auto":
-        raise FileNotFoundError(f"service.rerank_dir={setting}: no rerank.json there")
-    return None
+    return find_rerank_dir(cfg.rerank_dir, cfg.artifacts, "service.rerank_dir")
 
 
 def build_lm_components(cfg: ServeConfig) -> LMComponents:

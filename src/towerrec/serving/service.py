@@ -6,9 +6,10 @@ A recommendation, step by step:
    text of a text two-tower artifact, the newest element of a sequence artifact's window). History ids the
    artifact does not know (e.g. removed products) are ignored and listed in `notes`. A query on an artifact
    that embeds no free text (an id-only sequence model) is refused, 422 naming `query`.
-2. Filters become one `ItemFilter` (category prefix, price range; unknown prices are left out when a bound is
-   given), which the Retriever applies as a mask over table positions (FAISS) or as a Milvus expression
-   (index.backend=milvus). Seen items are excluded by row id.
+2. Filters become one `ItemFilter` (`retrieval.filters.CatalogFilters`, which the batch job shares: category
+   prefix, price range; unknown prices are left out when a bound is given), which the Retriever applies as a
+   mask over table positions (FAISS) or as a Milvus expression (index.backend=milvus). Seen items are excluded
+   by row id.
 3. No usable history and no query: the most popular products that pass the filters (`served_by=popularity`).
    Otherwise the user vector (cached under `ServiceState.user_key`, which fully determines it: the exact user
    text, or a sequence model's newest max_len positions and the query; on a miss computed through
@@ -19,8 +20,9 @@ A recommendation, step by step:
    cannot be reached is a 503 naming it.
 4. `rerank`: the top `candidates` (the artifact's product dicts) go to the LM reranker under its time budget
    (`BudgetedStage`); it answers with an order over the candidates' positions and their scores
-   (`RerankResult`), checked to be a permutation of them. If it is late, busy, failing, disabled or answers
-   anything else the retrieval order is returned, `served_by=degraded`, with the reason.
+   (`RerankResult`), checked to be a permutation of them (`rerank.apply`, which the batch job shares). If it is
+   late, busy, failing, disabled or answers anything else the retrieval order is returned, `served_by=degraded`,
+   with the reason.
 5. `explain`: grounded explanations for the first `max_items` items under their own budget; an explanation
    whose text failed the faithfulness check is returned with `text=None`, never as fact.
 
@@ -31,7 +33,6 @@ layer maps them; anything else is a bug (500).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ import numpy as np
 
 from towerrec.artifact.items import ItemFilter
 from towerrec.artifact.milvus import VectorStoreError
+from towerrec.rerank.apply import lm_history, rank_candidates, reordered, rerank_candidates
 from towerrec.serving.batching import EmbeddingBatcher
 from towerrec.serving.components import BudgetedStage, LMComponents, StageResult, resolve
 from towerrec.serving.config import ServeConfig
@@ -207,14 +209,6 @@ class RecommendationService:
             notes.append(f"{len(unknown)} history item id(s) unknown to the artifact were ignored: {shown}")
         return pos[pos >= 0].astype(np.int64)
 
-    def _filter(self, filters, notes: list[str]) -> ItemFilter | None:
-        """The request's category and price filters as one ItemFilter; None when there are none."""
-        if filters.price_min is not None and filters.price_max is not None and filters.price_min > filters.price_max:
-            notes.append(f"filters.price_min ({filters.price_min:g}) is above filters.price_max "
-                         f"({filters.price_max:g}): no product can match")
-        item_filter = ItemFilter(filters.category, filters.price_min, filters.price_max)
-        return None if item_filter.empty else item_filter
-
     def _user_vector(self, state: ServiceState, positions: np.ndarray, query: str | None) -> np.ndarray:
         if query is not None and not state.has_text_path:  # refused before it can fail a shared batch
             raise InvalidField(("body", "query"), "the served artifact's model is id-only (model.text=false), so "
@@ -246,23 +240,12 @@ class RecommendationService:
             positions = state.table.positions_of_rows([row for row, _ in hits])
         return [(p, score) for p, (_, score) in zip(positions.tolist(), hits)]
 
-    def _popular(self, state: ServiceState, k: int, exclude_pos: np.ndarray,
-                 item_filter: ItemFilter | None) -> list[tuple[int, float]]:
-        order = state.popularity_order
-        mask = state.retriever.filter_mask(item_filter)
-        keep = np.ones(state.num_items, dtype=bool) if mask is None else mask.copy()
-        keep[exclude_pos] = False
-        top = order[keep[order]][:k]
-        return [(int(p), float(state.popularity[p])) for p in top]
-
     def _items(self, state: ServiceState, hits: list[tuple[int, float]], retrieval: bool) -> list[dict]:
         return [{**state.table.products[p], "score": s, "retrieval_score": s if retrieval else None,
                  "lm_score": None, "explanation": None, "_position": p} for p, s in hits]
 
     def _lm_history(self, state: ServiceState, positions: np.ndarray) -> list[dict]:
-        """The shopper's most recent items (oldest first) as the LM stages read them."""
-        n = max(1, state.artifact.text.user_max_items)
-        return [state.table.products[p] for p in positions[-n:]]
+        return lm_history(state.table, positions, state.artifact.text.user_max_items)
 
     # ---- endpoints ---------------------------------------------------------------------------------------
     def recommend(self, req) -> dict:
@@ -270,12 +253,12 @@ class RecommendationService:
         notes: list[str] = []
         positions = self._history(state, req.user_id, req.history, notes)
         query = req.query if req.query and req.query.strip() else None
-        item_filter = self._filter(req.filters, notes)
+        item_filter = state.filters.item_filter(req.filters, notes)
         exclude_pos = positions if req.filters.exclude_seen else np.zeros(0, dtype=np.int64)
         degraded = False
         if len(positions) == 0 and query is None:
             served_by = "popularity"
-            items = self._items(state, self._popular(state, req.k, exclude_pos, item_filter), retrieval=False)
+            items = self._items(state, state.filters.popular(req.k, exclude_pos, item_filter), retrieval=False)
             if req.rerank:
                 notes.append("rerank skipped: no history and no query to rerank for (popularity)")
         else:
@@ -312,33 +295,24 @@ class RecommendationService:
             return None, "disabled"
         if not items:
             return items, None
-        history = self._lm_history(state, positions)
-        candidates = [state.table.product(it["_position"], it["score"]) for it in items]
-        result = self.rerank_stage.run(lambda: reranker.rank(history, candidates, query=query),
-                                       self.cfg.rerank.budget_ms / 1000)
+        max_history = state.artifact.text.user_max_items
+        result = self.rerank_stage.run(
+            lambda: rank_candidates(reranker, state.table, positions, items, max_history, query),
+            self.cfg.rerank.budget_ms / 1000)
         self._record_stage("rerank", result)
         if not result.ok:
             return None, result.reason
         try:
-            order, lm, fused = _checked_ranking(result.value, len(items))
+            return reordered(items, result.value), None
         except (AttributeError, TypeError, ValueError) as e:
             log.warning("the reranker's answer is not a ranking of its %d candidates (%s): rerank ignored",
                         len(items), e)
             self.metrics.fallbacks.labels(stage="rerank", reason="error").inc()
             return None, "error"
-        out = []
-        for i in order:  # best first; candidates beyond the LM's top_n follow with no LM score
-            item = items[i]
-            out.append({**item, "score": item["score"] if math.isnan(fused[i]) else fused[i],
-                        "lm_score": None if math.isnan(lm[i]) else lm[i]})
-        return out, None
 
     def _rerank_candidates(self) -> int:
         """Retrieval candidates handed to the LM: service.rerank.candidates, else the reranker's top_n."""
-        if self.cfg.rerank.candidates is not None:
-            return self.cfg.rerank.candidates
-        reranker = self.components.reranker if self.components else None
-        return int(getattr(getattr(reranker, "settings", None), "top_n", 20))
+        return rerank_candidates(self.components.reranker if self.components else None, self.cfg.rerank.candidates)
 
     def _explain(self, state: ServiceState, positions: np.ndarray, items: list[dict]) -> str | None:
         """Attach explanations to the first `max_items` items; the reason when they could not be made."""
@@ -373,7 +347,7 @@ class RecommendationService:
         state = self._state()
         pos = _position(state, req.item_id)
         notes: list[str] = []
-        item_filter = self._filter(req.filters, notes)
+        item_filter = state.filters.item_filter(req.filters, notes)
         vec = state.artifact.embeddings[pos]  # (D,) the product tower's vector: no user tower involved
         hits = self._search(state, vec, req.k, {int(state.table.row_ids[pos])}, item_filter)
         items = self._items(state, hits, retrieval=True)
@@ -404,25 +378,6 @@ class RecommendationService:
         pos = _position(state, item_id)
         return {**state.table.products[pos], "popularity": int(state.popularity[pos]), "text": state.texts[pos],
                 "artifact": state.version}
-
-
-def _checked_ranking(result, n: int) -> tuple[list[int], list[float], list[float]]:
-    """(order, lm scores, fused scores) of a reranker's `RerankResult` over `n` candidates, as plain lists;
-    ValueError unless `order` is a permutation of range(n) and both scores are (n,) floats, finite or NaN."""
-    order = np.asarray(result.order)
-    if order.shape != (n,) or not np.issubdtype(order.dtype, np.integer):
-        raise ValueError(f"order must be ({n},) integers, got {order.shape} {order.dtype}")
-    if not np.array_equal(np.sort(order), np.arange(n)):
-        raise ValueError(f"order must be a permutation of range({n})")
-    scores = []
-    for name in ("lm_score", "fused_score"):
-        x = np.asarray(getattr(result, name), dtype=np.float64)
-        if x.shape != (n,):
-            raise ValueError(f"{name} must be ({n},) scores, got shape {x.shape}")
-        if np.isinf(x).any():
-            raise ValueError(f"{name} must be finite or NaN (not scored), got {x.tolist()}")
-        scores.append(x.tolist())
-    return order.tolist(), scores[0], scores[1]
 
 
 def _position(state: ServiceState, item_id: str) -> int:

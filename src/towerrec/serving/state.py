@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from towerrec.artifact import Artifact, ArtifactError
-from towerrec.artifact.format import MANIFEST
-from towerrec.data.privacy import ENV_VAR as SECRET_ENV
+from towerrec.artifact import Artifact
 from towerrec.index import IndexConfig, describe
 from towerrec.retrieval import Retriever
+from towerrec.retrieval.filters import CatalogFilters
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +77,10 @@ class ServiceState:
         self.loaded_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.table = artifact.table  # item id <-> position <-> row id, shown product dicts, prices
         self.num_items = len(self.table)
-        self.popularity = np.asarray(artifact.popularity, dtype=np.int64)  # (N,)
-        self.popularity_order = np.argsort(-self.popularity, kind="stable")  # positions, most popular first
+        self.filters = CatalogFilters(self.retriever)  # filter masks, the filtered popularity fallback
+        self.popularity = self.filters.popularity  # (N,)
+        self.popularity_order = self.filters.popularity_order  # positions, most popular first
         self.texts = artifact.items["text"].astype(str).tolist()  # the product-tower text, for /items
-        self.categories = self.retriever.categories  # category filters that match some product
         self.user_vectors = LRUCache(user_cache_size)
         self.is_sequence = self.retriever.is_sequence
         self.has_text_path = artifact.has_text_path  # false: an id-only sequence model (no free-text queries)
@@ -101,12 +100,8 @@ class ServiceState:
         was loaded into, refused with an ArtifactError when it holds another version)."""
         start = time.perf_counter()
         artifact = Artifact.load(path, verify=True)
-        data = artifact.manifest.get("data")
-        if not development and isinstance(data, dict) and data.get("development_key") is True:
-            raise ArtifactError(f"{artifact.path / MANIFEST}: its user pseudonyms come from the development key "
-                                "(data.development_key), which anyone can recompute; export it again with "
-                                f"data.user_id_secret or ${SECRET_ENV} set, or pass development=true to serve it "
-                                "for a development run")
+        if not development:
+            artifact.refuse_development_key("pass development=true to serve it")
         state = cls(artifact, user_cache_size, index)
         art = state.artifact
         users = {}

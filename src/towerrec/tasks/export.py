@@ -7,7 +7,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -22,7 +21,8 @@ from towerrec.data.splits import Split
 from towerrec.data.text import TextConfig, render_items
 from towerrec.index import IndexConfig
 from towerrec.model.build import build_sequence, build_two_tower
-from towerrec.model.text_vectors import compute_text_vectors, load_text_encoder
+from towerrec.model.text_encoder import TextEncoderSettings, load_product_text, same_vectors
+from towerrec.model.text_vectors import compute_text_vectors
 from towerrec.retrieval import evaluate_artifact
 from towerrec.utils.hydra import config_dict
 from towerrec.utils.io import to_plain
@@ -154,29 +154,33 @@ PROBE_ITEMS = 16  # products whose text vectors are recomputed to check the rebu
 def _sequence_from_checkpoint(model_cfg: dict, text: TextConfig, split: Split, weights: dict, seed: int):
     """(SequenceRecommender with the checkpoint's weights, text encoder, tokenizer) of a sequence checkpoint.
 
-    The frozen text vectors are the checkpoint's own (the product tower's buffer); the encoder and tokenizer
-    are rebuilt as training built them (`load_text_encoder`: the same config, catalog texts and seed) and checked
-    against those vectors on a few products, so the exported text path is the one that computed them."""
-    encoder = tokenizer = vectors = None
+    The text vectors are the checkpoint's own (the product tower's buffer); the encoder and tokenizer are rebuilt
+    as training built them (`load_product_text` without inputs: the same config, catalog texts and seed; a
+    trained text encoder's layers come with the checkpoint's weights) and checked against those vectors on a few
+    products, so the exported text path is the one that computed them."""
+    encoder = tokenizer = vectors = trainable = None
+    settings = TextEncoderSettings.from_dict(model_cfg.get("text_encoder"))
+    texts = render_items(split.catalog, text)
     if model_cfg.get("text", True):
         if "items.text" not in weights:
             raise ValueError("the checkpoint's product tower holds no text vectors, but its model config has text")
         vectors = weights["items.text"].float().numpy()  # (N, H)
-        te = model_cfg["text_encoder"]
-        texts = render_items(split.catalog, text)
         if len(texts) != len(vectors):
             raise ValueError(f"the checkpoint's product tower holds {len(vectors)} products but the data has "
                              f"{len(texts)}: export it with the data it was trained on")
-        encoder, tokenizer = load_text_encoder(model_cfg["encoder"], texts, seed)
-        probe = compute_text_vectors(encoder, tokenizer, texts[:PROBE_ITEMS], te["max_length"], te["pooling"],
-                                     progress=False)
-        expected = vectors[:PROBE_ITEMS]
-        if not np.allclose(probe, expected, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(expected).max()))):
-            raise ValueError("the text encoder rebuilt from the checkpoint's model config (model.encoder, text "
-                             "template, seed) does not reproduce the checkpoint's frozen text vectors; export "
-                             "with the data and encoder the run was trained with")
-    model = build_sequence(model_cfg, vectors, split.num_items, split.item_counts())
+        product = load_product_text(model_cfg["encoder"], texts, settings, seed=seed, progress=False,
+                                    with_inputs=False)
+        encoder, tokenizer, trainable = product.encoder, product.tokenizer, product.trainable
+    model = build_sequence(model_cfg, vectors, split.num_items, split.item_counts(), text_module=trainable)
     model.load_state_dict(weights, strict=True)
+    if vectors is not None:
+        exported = encoder if trainable is None else trainable.export_encoder(encoder)
+        probe = compute_text_vectors(exported, tokenizer, texts[:PROBE_ITEMS], settings.max_length, settings.pooling,
+                                     progress=False)
+        if not same_vectors(probe, vectors[:PROBE_ITEMS], settings):
+            raise ValueError("the text encoder rebuilt from the checkpoint's model config (model.encoder, text "
+                             "template, seed) does not reproduce the checkpoint's text vectors; export with the "
+                             "data and encoder the run was trained with")
     return model.eval(), encoder, tokenizer
 
 

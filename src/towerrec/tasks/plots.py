@@ -2,7 +2,7 @@
 
     python -m towerrec.tasks.plots RUN_DIR [--baselines popularity,itemknn,zeroshot] [--data scientific]
 
-The run's model (its scorer, or the exported artifact of a two-tower run) and the baselines rank the test users
+The run's model (its scorer, or the exported artifact of a tower run) and the baselines rank the test users
 once more; `towerrec.reporting.plots.save_run_figures` writes RUN_DIR/figures/.
 """
 
@@ -36,7 +36,7 @@ def _model_scorer(cfg, split: Split, objects: Mapping) -> tuple[str, object] | N
         return DISPLAY_NAMES.get(kind, kind), objects["scorer"]
     artifact = objects.get("artifact")
     if artifact is None:
-        log.info("figures: the two-tower model was not exported (export.enabled=false): no K curves for it")
+        log.info("figures: the towers were not exported (export.enabled=false): no K curves for it")
         return None
     batch = int(cfg.model.datamodule.eval_batch_size) if "datamodule" in cfg.model else 256
     return DISPLAY_NAMES.get(kind, kind), ArtifactScorer(artifact, split, "test", batch_size=batch, progress=True)
@@ -45,7 +45,7 @@ def _model_scorer(cfg, split: Split, objects: Mapping) -> tuple[str, object] | N
 def save_figures_after_training(cfg, run_dir: str | Path, split: Split, objects: Mapping) -> dict[str, Path]:
     """The figures of a finished `towerrec.tasks.train` run (rank zero), in RUN_DIR/figures.
 
-    The run's model (its scorer, or the exported artifact of a two-tower run) and the popularity and item-KNN
+    The run's model (its scorer, or the exported artifact of a tower run) and the popularity and item-KNN
     baselines rank the test users once more. A failure here is logged, not raised: the run's metrics and
     artifact are already written, and a figure is not worth losing them over."""
     try:

@@ -24,7 +24,7 @@ from towerrec.data.text import TextConfig, render_items
 from towerrec.model.build import build_sequence, build_two_tower
 from towerrec.model.module import RetrievalModule
 from towerrec.model.sequence_module import SequenceModule
-from towerrec.model.text_vectors import text_vectors
+from towerrec.model.text_encoder import TextEncoderSettings, load_product_text
 from towerrec.tasks.export import check_backend, development_key, export_only, export_run
 from towerrec.tasks.plots import save_figures_after_training
 from towerrec.tasks.rerank import run_rerank
@@ -62,37 +62,40 @@ def build_module(cfg: DictConfig, model, item_counts, model_config: dict | None 
 
 
 def sequence_from_config(cfg: DictConfig, split: Split):
-    """(SequenceModule, SequenceDataModule, tokenizer or None) from `cfg.model`, `cfg.text` and `cfg.loss`; frozen
-    product text vectors come from the cache under `paths.cache_dir` when an earlier run computed them.
+    """(SequenceModule, SequenceDataModule, tokenizer or None) from `cfg.model`, `cfg.text` and `cfg.loss`. The
+    product text comes as `model.text_encoder.train` says (towerrec.model.text_encoder): frozen text vectors, or
+    an encoder whose top layers / all layers train; what can be cached (text vectors, lower-layer token states)
+    comes from `paths.cache_dir` when an earlier run computed it.
 
     The datamodule also keeps what the export needs besides the module (`towerrec.tasks.export.export_run`):
-    `text` (the TextConfig), `text_encoder` and `tokenizer` (the frozen encoder that computed the text vectors
-    and its tokenizer; None for an id-only model)."""
+    `text` (the TextConfig), `text_encoder` and `tokenizer` (the encoder that computed the text vectors, whose
+    trained layers the export puts back from the module, and its tokenizer; None for an id-only model)."""
     m = to_plain(cfg.model)
-    if m["text_encoder"]["train"] != "frozen":
-        raise ValueError(f"model.text_encoder.train={m['text_encoder']['train']!r}: only 'frozen' is implemented "
-                         "for the sequence towers so far")
+    settings = TextEncoderSettings.from_dict(m["text_encoder"])
+    if settings.trains and not m.get("text", True):
+        raise ValueError(f"model.text_encoder.train={settings.train} trains the product text encoder, but "
+                         "model.text=false (id-only) has none; use model.text_encoder.train=frozen")
     text = TextConfig.from_dict(to_plain(cfg.text))
-    vectors, encoder, tokenizer = None, None, None
+    product, progress = None, bool(cfg.trainer.get("enable_progress_bar", True))
     if m.get("text", True):
-        te = m["text_encoder"]
-        texts = render_items(split.catalog, text)
-        vectors, encoder, tokenizer = text_vectors(m["encoder"], texts, max_length=te["max_length"],
-                                                   pooling=te["pooling"], batch_size=te["batch_size"],
-                                                   cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+        product = load_product_text(m["encoder"], render_items(split.catalog, text), settings,
+                                    cache_dir=cfg.paths.cache_dir, seed=cfg.seed, progress=progress)
     L.seed_everything(cfg.seed, workers=True)  # the towers' initial weights do not depend on the cache
-    model = build_sequence(m, vectors, split.num_items, split.item_counts())
+    model = build_sequence(m, product.vectors if product else None, split.num_items, split.item_counts(),
+                           text_module=product.trainable if product else None)
     loss_cfg = cfg.loss
     module = SequenceModule(
         model, optimizer=hydra.utils.instantiate(cfg.model.optimizer),
         scheduler=hydra.utils.instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
         temperature=loss_cfg.temperature, learn_temperature=loss_cfg.learn_temperature,
-        loss=loss_cfg.get("kind", "inbatch"), log_q_correction=loss_cfg.log_q_correction,
+        loss_kind=loss_cfg.get("kind", "inbatch"), log_q_correction=loss_cfg.log_q_correction,
         item_counts=split.item_counts(), eval_config=evaluation.EvalConfig.from_any(cfg.eval), seed=cfg.seed,
-        model_config={"model": m, "text": to_plain(cfg.text)})
+        model_config={"model": m, "text": to_plain(cfg.text)}, encoder_lr=settings.lr if settings.trains else None,
+        progress=progress)
     datamodule = SequenceDataModule(split, max_len=m["max_len"], seed=cfg.seed, **m["datamodule"])
-    datamodule.text, datamodule.text_encoder, datamodule.tokenizer = text, encoder, tokenizer
-    return module, datamodule, tokenizer
+    datamodule.text = text
+    datamodule.text_encoder, datamodule.tokenizer = (product.encoder, product.tokenizer) if product else (None, None)
+    return module, datamodule, datamodule.tokenizer
 
 
 def fit_towers(cfg: DictConfig, split: Split, loggers: list, run_dir: Path):

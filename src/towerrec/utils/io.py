@@ -1,4 +1,5 @@
-"""Plain values and files: config -> dict, JSON-safe copies, redaction, sha256, timestamps. No towerrec imports."""
+"""Plain values and files: config -> dict, JSON-safe copies, redaction, sha256, timestamps, atomic numpy cache
+files. No towerrec imports."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -58,6 +60,19 @@ def redact(obj):
 
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def save_arrays(path: Path, arrays: np.ndarray | Mapping[str, np.ndarray]) -> None:
+    """Write one array (`.npy`) or named arrays (`.npz`) to `path` atomically: through a temporary file of
+    this process (DDP ranks may write the same cache file at once), then renamed over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    if isinstance(arrays, Mapping):
+        np.savez(tmp, **arrays)
+    else:
+        np.save(tmp, arrays)
+    tmp.replace(path)
 
 
 def sha256_file(path: Path) -> str:
