@@ -11,6 +11,7 @@ import torch
 
 from towerrec.model import text_encoder as te
 from towerrec.model.build import build_sequence
+from towerrec.model.loss import full_softmax_loss
 from towerrec.model.sequence_module import SequenceModule
 from towerrec.model.text_encoder import TextEncoderSettings, TrainableText
 from towerrec.model.text_vectors import compute_text_vectors, load_text_encoder
@@ -144,7 +145,41 @@ def test_the_fine_tuned_batch_vectors_are_the_tables_rows_before_a_step():
     items = module.model.items
     module.eval()
     idx = torch.tensor([5, 1, 3])
-    torch.testing.assert_close(items.fresh(idx), items(idx), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(items.with_text(idx, module.text_module(idx)), items(idx), atol=1e-6, rtol=1e-6)
+
+
+def by_hand(module, columns_from_table: bool):
+    """The full-catalog loss of BATCH: queries from the batch's fresh vectors; columns the stored table's values
+    (detached from the encoder) or fresh ones for the batch's items."""
+    items, (inputs, targets) = module.model.items, (BATCH["inputs"], BATCH["targets"])
+    real = targets >= 0
+    distinct = torch.unique(torch.cat([inputs[inputs >= 0], targets[real]]))
+    fresh = items.with_text(distinct, module.text_module(distinct))
+    local = torch.zeros(items.num_items, dtype=torch.long)
+    local[distinct] = torch.arange(len(distinct))
+    states = module.model.user_states(torch.where(inputs >= 0, local[inputs.clamp_min(0)], -1), fresh)
+    table = items.all() if columns_from_table else items.all().index_copy(0, distinct, fresh)
+    return full_softmax_loss(states[real], table, targets[real], module.temperature)
+
+
+def test_full_loss_columns_are_the_stored_table_with_the_encoders_gradient():
+    """loss=full after the encoder moved since the last refresh: the columns keep the table's values (fresh
+    batch columns among stale ones would be a shortcut), and the batch's columns still pass their gradient to
+    the encoder (straight through)."""
+    module, _ = make_module("top_layers", 1, loss="full")
+    module.eval()  # no dropout: fresh vectors are deterministic
+    with torch.no_grad():
+        for q in module.text_module.parameters():
+            q.add_(0.2 * torch.randn_like(q))  # trained since the table was refreshed
+    loss = module.slot_loss(BATCH["inputs"], BATCH["targets"])
+    assert loss.item() == pytest.approx(by_hand(module, True).item(), rel=1e-6)
+    assert loss.item() != pytest.approx(by_hand(module, False).item(), rel=1e-3)
+    grads = []
+    for fn in (lambda: module.slot_loss(BATCH["inputs"], BATCH["targets"]), lambda: by_hand(module, True)):
+        module.zero_grad()
+        fn().backward()
+        grads.append(torch.cat([q.grad.flatten() for q in module.text_module.parameters()]))
+    assert not torch.allclose(grads[0], grads[1])  # the columns' gradient reaches the encoder too
 
 
 def test_encoder_layers_get_their_own_learning_rate():

@@ -25,7 +25,8 @@ class ItemEncoder(nn.Module):
     `text_vectors` (N, H) or None (id-only: a SASRec-style item table). With text, the id embedding covers only
     products seen in training (`item_counts` > 0); the others, and products added later, are text alone.
     `text_module` (a TrainableText, or None: frozen text vectors): the text encoder that trains with the towers;
-    `fresh(idx)` reads it with grad, and `refresh_text()` recomputes the stored table `text` from it."""
+    `with_text(idx, text_module(idx))` reads it with grad, and `refresh_text()` recomputes the stored table `text`
+    from it."""
 
     def __init__(self, text_vectors: np.ndarray | None, dim: int, *, num_items: int | None = None,
                  adapter: str = "linear", item_ids: bool = False, item_counts: np.ndarray | None = None,
@@ -67,14 +68,10 @@ class ItemEncoder(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """(...,) catalog positions (>= 0) -> (..., D) unit vectors from the stored text vectors."""
-        return self._vectors(idx, self.text[idx] if self.adapter is not None else None)
+        return self.with_text(idx, self.text[idx] if self.adapter is not None else None)
 
-    def fresh(self, idx: torch.Tensor) -> torch.Tensor:
-        """(U,) catalog positions -> (U, D) unit vectors, the text vectors computed now by `text_module` (with
-        grad through its trained layers)."""
-        return self._vectors(idx, self.text_module(idx).to(self.text.dtype))
-
-    def _vectors(self, idx: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+    def with_text(self, idx: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        """(...,) catalog positions, (..., H) their text vectors (None: id-only) -> (..., D) unit vectors."""
         out = 0
         if text is not None:
             out = adapt(self.adapter, self.mlp, text)  # (..., D)
