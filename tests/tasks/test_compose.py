@@ -60,8 +60,9 @@ def test_each_search_space_names_keys_of_its_model(compose_cfg, tmp_path, search
     assert swept <= set(params)
     for key in params:  # every swept key exists in the composed config (a typo would sweep nothing)
         assert OmegaConf.select(cfg, key) is not None, key
-    if search == "optuna":  # a trial is a short run of the experiment
-        assert (cfg.trainer.max_epochs, cfg.export.enabled, cfg.plots) == (12, False, False)
+    if search == "optuna":  # a trial is a short proxy run of the experiment
+        assert (cfg.trainer.max_epochs, cfg.export.enabled, cfg.plots) == (6, False, False)
+        assert cfg.model.datamodule.length_pool == 50
 
 
 @pytest.mark.parametrize("model", BASELINES)

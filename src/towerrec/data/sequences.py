@@ -3,9 +3,13 @@
 Training sequences (each user's items before the validation target) are cut from their newest end into windows
 of `max_len + 1` items (consecutive windows share one item, so every transition is used once); a window gives
 inputs = items[:-1] and targets = items[1:], right-aligned with -1 padding on the left. Training batches are
-shuffled by (seed, epoch) alone and sharded across DDP ranks (the two-tower's `BucketBatchSampler`, one batch per
-pool: no length bucketing), so an epoch replayed after a crash sees the same batches. Validation and test batches
-carry one right-aligned history window per user (`example_idx` says which example).
+shuffled by (seed, epoch) alone and sharded across DDP ranks (the two-tower's `BucketBatchSampler`), so an epoch
+replayed after a crash sees the same batches. `length_pool` > 1 sorts each pool of that many batches by window
+length before batching (batches of similar length, far fewer padded slots: most histories are short); 1 (the
+default) batches windows in their shuffled order. Validation and test batches
+carry one right-aligned history window per user (`example_idx` says which example), users ordered by history
+length so that batches are of similar length. Every batch drops its leading slots that are padding in all of its
+rows (`trim_padding`): padding never changes a slot's vector, and the transformer's cost grows with the window.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ from towerrec.data.windows import right_aligned, training_windows
 
 class SequenceDataModule(L.LightningDataModule):
     def __init__(self, split: Split, max_len: int = 50, batch_size: int = 128, eval_batch_size: int = 512,
-                 seed: int = 0, num_workers: int = 0):
+                 seed: int = 0, num_workers: int = 0, length_pool: int = 1):
         super().__init__()
         self.split, self.max_len, self.seed = split, max_len, seed
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        if length_pool < 1:
+            raise ValueError(f"model.datamodule.length_pool must be >= 1, got {length_pool}")
+        self.length_pool = length_pool
         self._prepared = False
 
     def setup(self, stage: str | None = None) -> None:
@@ -41,13 +48,14 @@ class SequenceDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         data = torch.utils.data.TensorDataset(torch.from_numpy(self.train_inputs), torch.from_numpy(self.train_targets))
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
-        sampler = BucketBatchSampler((self.train_inputs >= 0).sum(1), self.batch_size, self.seed, pool=1,
-                                     num_replicas=world, rank=rank)
+        sampler = BucketBatchSampler((self.train_inputs >= 0).sum(1), self.batch_size, self.seed,
+                                     pool=self.length_pool, num_replicas=world, rank=rank)
         return DataLoader(data, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=_collate_train)
 
     def _eval_loader(self, stage: str) -> DataLoader:
-        windows = torch.from_numpy(self.eval_windows[stage])
-        data = torch.utils.data.TensorDataset(torch.arange(len(windows)), windows)
+        windows = torch.from_numpy(self.eval_windows[stage])  # (U, L)
+        order = torch.argsort((windows >= 0).sum(1), stable=True)  # shortest histories first
+        data = torch.utils.data.TensorDataset(order, windows[order])
         return DataLoader(data, batch_size=self.eval_batch_size, collate_fn=_collate_eval,
                           num_workers=self.num_workers)
 
@@ -58,11 +66,19 @@ class SequenceDataModule(L.LightningDataModule):
         return self._eval_loader("test")
 
 
+def trim_padding(windows: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Right-aligned (B, L) windows (-1 = padding) and tensors aligned with them, without the leading slots that
+    are padding in every row -> (B, L') each, L' >= 1."""
+    real = (windows >= 0).any(0)  # (L,)
+    first = int(real.int().argmax()) if bool(real.any()) else windows.shape[1] - 1
+    return tuple(t[:, first:] for t in (windows, *others))
+
+
 def _collate_train(rows) -> dict:
-    inputs, targets = zip(*rows)
-    return {"inputs": torch.stack(inputs), "targets": torch.stack(targets)}  # (B, L) each
+    inputs, targets = trim_padding(*map(torch.stack, zip(*rows)))
+    return {"inputs": inputs, "targets": targets}  # (B, L') each
 
 
 def _collate_eval(rows) -> dict:
     idx, windows = zip(*rows)
-    return {"example_idx": torch.stack(idx), "windows": torch.stack(windows)}  # (B,), (B, L)
+    return {"example_idx": torch.stack(idx), "windows": trim_padding(torch.stack(windows))[0]}  # (B,), (B, L')
