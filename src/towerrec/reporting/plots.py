@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from towerrec.data.splits import Split
 from towerrec.reporting import analysis
@@ -248,6 +249,7 @@ def plot_sweep(df: pd.DataFrame, metric: str = "val/ndcg@10", params: Sequence[s
             ax.scatter([x[best]], [done.loc[best, metric]], marker="*", s=200, color="#d62728", zorder=3, label="best")
             if (x > 0).all() and x.max() / x.min() > 20:
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # labels at the decades only: no overlapping text
             if x.nunique() <= 6:  # a grid: tick the values tried, join the mean at each
                 means = done.groupby(x)[metric].mean()
                 ax.plot(means.index, means.to_numpy(), color="k", lw=1, marker="_", ms=20, label="mean")
