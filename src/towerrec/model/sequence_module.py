@@ -1,8 +1,8 @@
 """SequenceModule: the sequence towers trained causally, every slot of every window predicting its next item.
 
 Negatives (`loss.kind`): `inbatch` (default) — every distinct next item of the batch is a column of the sampled
-softmax shared by all slots, logQ-corrected by training popularity; `full` — a softmax over the whole catalog.
-Evaluation is `CatalogRankingModule`'s (full ranking, both protocols).
+softmax shared by all slots, logQ-corrected by training popularity (under DDP, the next items of every rank's
+batch: `gathered_targets`); `full` — a softmax over the whole catalog. Evaluation is `CatalogRankingModule`'s (full ranking, both protocols).
 
 When the text encoder trains (`model.text_encoder.train` top_layers / full: the product tower has a
 `text_module`), each step computes the text vectors of the batch's distinct items (history inputs and targets)
@@ -69,10 +69,12 @@ class SequenceModule(CatalogRankingModule):
         """inputs, targets (B, L) positions (-1: padding / no target) -> the mean loss over predicting slots."""
         items, real = self.model.items, targets >= 0  # (B, L)
         full, table = self.hparams.loss_kind == "full", None
+        t = targets[real]  # (P,)
+        every_t = t if full else gathered_targets(t)  # (P_all,) in-batch columns: every rank's next items
         if self.text_module is None:  # frozen text vectors: everything is the stored table
             states, table, columns_of = self.model.user_states(inputs), None, items
         else:  # the batch's distinct items computed now, with grad through the text encoder
-            distinct = torch.unique(torch.cat([inputs[inputs >= 0], targets[real]]))  # (U,)
+            distinct = torch.unique(torch.cat([inputs[inputs >= 0], every_t]))  # (U,)
             text = self.text_module(distinct).to(items.text.dtype)  # (U, H)
             fresh = items.with_text(distinct, text)  # (U, D)
             local = torch.zeros(items.num_items, dtype=torch.long, device=distinct.device)
@@ -85,10 +87,11 @@ class SequenceModule(CatalogRankingModule):
             else:
                 def columns_of(idx):
                     return fresh[local[idx]]  # (C, D)
-        q, t = states[real], targets[real]  # (P, D), (P,)
+        q = states[real]  # (P, D)
         if full:
             return losses.full_softmax_loss(q, items.all() if table is None else table, t, self.temperature)
-        columns, labels = torch.unique(t, return_inverse=True)  # (C,), (P,): each next item once
+        columns = torch.unique(every_t)  # (C,): each next item once
+        labels = torch.searchsorted(columns, t)  # (P,) each slot's own next item among them
         log_q = self.log_q[columns] if self.hparams.log_q_correction and len(self.log_q) > 1 else None
         return losses.in_batch_softmax_loss(q, columns_of(columns), columns, self.temperature, log_q, labels,
                                             mask_accidental_hits=False)  # distinct columns: no accidental hits
@@ -123,3 +126,22 @@ class SequenceModule(CatalogRankingModule):
 
     def user_vectors(self, batch: dict) -> torch.Tensor:
         return self.model.embed_users(batch["windows"])  # (B, D)
+
+
+def gathered_targets(t: torch.Tensor) -> torch.Tensor:
+    """(P,) this rank's next items -> those of every rank, concatenated (DDP: the in-batch softmax's columns are
+    the global batch's next items; each rank embeds them with its replica of the product tower, and DDP averages
+    the gradients). Ranks may hold different counts. Without a process group, or with one rank: `t`."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+            or torch.distributed.get_world_size() == 1:
+        return t
+    world = torch.distributed.get_world_size()
+    size = torch.tensor([len(t)], device=t.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    torch.distributed.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.full((longest,), -1, dtype=t.dtype, device=t.device)
+    padded[: len(t)] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    return torch.cat([p[: int(n.item())] for p, n in zip(parts, sizes)])  # (P_all,)
