@@ -39,11 +39,16 @@ class EmbeddingBatcher:
         """(D,) unit-norm user vector of a history (table positions, oldest first) and optional free text,
         computed in a shared batch. `key`: what identifies the input (equal keys are embedded once per
         batch); default the positions and the query."""
+        return self.submit(retriever, positions, query, key).result()
+
+    def submit(self, retriever, positions, query: str | None = None, key=None) -> concurrent.futures.Future:
+        """`embed` without waiting: the future of the (D,) vector (an event loop awaits it with
+        `asyncio.wrap_future`)."""
         if key is None:
             key = (tuple(int(p) for p in np.asarray(positions).reshape(-1)), query)
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._queue.put((retriever, (key, positions, query), future))
-        return future.result()
+        return future
 
     def close(self) -> None:
         self._queue.put(None)

@@ -53,7 +53,8 @@ class ServeConfig:
     embed_batch_size: int = 32  # concurrent user-tower calls share a forward pass of up to this many users (1: off)
     embed_batch_wait_ms: float = 2.0  # how long the first user of a batch waits for others
     threads: int = 1  # torch / FAISS threads per request; requests run concurrently in a thread pool
-    worker_threads: int = 64  # that thread pool's size
+    worker_threads: int = 64  # that thread pool's size (rerank / explain requests and the other endpoints)
+    gc_thresholds: tuple[int, ...] | None = (100_000, 50, 1000)  # gc.set_threshold in the server (None: Python's)
     exit_on_load_failure: bool = True  # a failed first load stops the server (else /readyz stays 503)
     lm_factory: str = "towerrec.serving.components.build_lm_components"  # module.function(ServeConfig)
     rerank_dir: str | None = "auto"  # a stage=rerank directory (tuned fusion, adapter); auto: ARTIFACT/rerank
@@ -67,6 +68,12 @@ class ServeConfig:
                      "worker_threads", "embed_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"service.{name} must be at least 1, got {getattr(self, name)}")
+        if self.gc_thresholds is not None:
+            t = tuple(int(x) for x in self.gc_thresholds)
+            if not 1 <= len(t) <= 3 or min(t) < 0:
+                raise ValueError(f"service.gc_thresholds must be 1 to 3 non-negative integers (gc.set_threshold) "
+                                 f"or null, got {self.gc_thresholds!r}")
+            object.__setattr__(self, "gc_thresholds", t)
         if self.reload_token is not None and len(self.reload_token) < 8:
             raise ValueError("reload_token must have at least 8 characters (or be unset to disable reloads)")
 

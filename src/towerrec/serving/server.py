@@ -6,6 +6,7 @@ handler thread pool, and one thread per forward pass keeps them from fighting ov
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -30,6 +31,8 @@ def run(cfg: ServeConfig, access_log: bool = False) -> int:
     from towerrec.serving.app import create_app
 
     configure_threads(cfg.threads)
+    if cfg.gc_thresholds is not None:  # fewer collections: each full one walks the artifact's objects
+        gc.set_threshold(*cfg.gc_thresholds)
     failed = threading.Event()
     server: uvicorn.Server | None = None
 

@@ -32,11 +32,13 @@ layer maps them; anything else is a bug (500).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+import anyio.to_thread
 import numpy as np
 
 from towerrec.artifact.items import ItemFilter
@@ -209,23 +211,39 @@ class RecommendationService:
             notes.append(f"{len(unknown)} history item id(s) unknown to the artifact were ignored: {shown}")
         return pos[pos >= 0].astype(np.int64)
 
-    def _user_vector(self, state: ServiceState, positions: np.ndarray, query: str | None) -> np.ndarray:
+    def _cached_vector(self, state: ServiceState, positions: np.ndarray, query: str | None):
+        """(cache key, the cached (D,) user vector or None on a miss)."""
         if query is not None and not state.has_text_path:  # refused before it can fail a shared batch
             raise InvalidField(("body", "query"), "the served artifact's model is id-only (model.text=false), so "
                                                   "it cannot embed a free-text query: send a history or a user "
                                                   "id without one")
         key = state.user_key(positions, query)
         vec = state.user_vectors.get(key)
+        self.metrics.user_cache.labels(result="miss" if vec is None else "hit").inc()
+        return key, vec
+
+    def _user_vector(self, state: ServiceState, positions: np.ndarray, query: str | None) -> np.ndarray:
+        key, vec = self._cached_vector(state, positions, query)
         if vec is None:
-            self.metrics.user_cache.labels(result="miss").inc()
             with self.metrics.time_stage("embed"):  # waiting for the batch included
                 if self.batcher is not None:
                     vec = self.batcher.embed(state.retriever, positions, query, key=key)  # (D,)
                 else:
                     vec = state.retriever.embed_histories([positions], [query])[0]  # (D,)
             state.user_vectors.put(key, vec)
-        else:
-            self.metrics.user_cache.labels(result="hit").inc()
+        return vec
+
+    async def _user_vector_async(self, state: ServiceState, positions: np.ndarray, query: str | None) -> np.ndarray:
+        """`_user_vector` for the event loop: a miss waits for its batch without holding a thread."""
+        key, vec = self._cached_vector(state, positions, query)
+        if vec is None:
+            with self.metrics.time_stage("embed"):
+                if self.batcher is not None:
+                    vec = await asyncio.wrap_future(self.batcher.submit(state.retriever, positions, query, key=key))
+                else:
+                    vec = await anyio.to_thread.run_sync(
+                        lambda: state.retriever.embed_histories([positions], [query])[0])  # (D,)
+            state.user_vectors.put(key, vec)
         return vec
 
     # ---- search ------------------------------------------------------------------------------------------
@@ -249,14 +267,34 @@ class RecommendationService:
 
     # ---- endpoints ---------------------------------------------------------------------------------------
     def recommend(self, req) -> dict:
+        state, positions, query, notes = self._recommend_inputs(req)
+        vec = None if len(positions) == 0 and query is None else self._user_vector(state, positions, query)
+        return self._recommend(state, req, positions, query, notes, vec)
+
+    async def recommend_async(self, req) -> dict:
+        """`recommend` on the event loop, for requests without rerank and explain (whose LM stages block): the
+        cheap work runs there, one request after another, and a user-vector miss awaits its shared batch."""
+        if req.rerank or req.explain:
+            raise ValueError("recommend_async serves requests without rerank and explain")
+        state, positions, query, notes = self._recommend_inputs(req)
+        vec = None if len(positions) == 0 and query is None else await self._user_vector_async(state, positions,
+                                                                                                query)
+        return self._recommend(state, req, positions, query, notes, vec)
+
+    def _recommend_inputs(self, req):
         state = self._state()
         notes: list[str] = []
         positions = self._history(state, req.user_id, req.history, notes)
         query = req.query if req.query and req.query.strip() else None
+        return state, positions, query, notes
+
+    def _recommend(self, state: ServiceState, req, positions: np.ndarray, query: str | None, notes: list[str],
+                   vec: np.ndarray | None) -> dict:
+        """The answer, given the user vector (None: no history and no query, the popularity answer)."""
         item_filter = state.filters.item_filter(req.filters, notes)
         exclude_pos = positions if req.filters.exclude_seen else np.zeros(0, dtype=np.int64)
         degraded = False
-        if len(positions) == 0 and query is None:
+        if vec is None:
             served_by = "popularity"
             items = self._items(state, state.filters.popular(req.k, exclude_pos, item_filter), retrieval=False)
             if req.rerank:
@@ -264,7 +302,6 @@ class RecommendationService:
         else:
             served_by = "retrieval"
             fetch = max(req.k, self._rerank_candidates()) if req.rerank else req.k
-            vec = self._user_vector(state, positions, query)
             exclude_rows = set(state.table.row_ids[exclude_pos].tolist())
             items = self._items(state, self._search(state, vec, fetch, exclude_rows, item_filter), retrieval=True)
             if req.rerank:

@@ -1,0 +1,87 @@
+"""Plain /recommend requests run on the event loop: a slow LM stage that holds the only handler thread cannot
+block them, concurrent new histories on that path share the embedding batches and get the Retriever's answers,
+and the garbage-collector setting is validated."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import httpx
+import pytest
+from helpers.serve import ReverseReranker, ServerThread, export_tiny_artifact
+
+from towerrec.artifact import Artifact
+from towerrec.retrieval import Retriever
+from towerrec.serving import LMComponents, ServeConfig, StageSettings, create_app
+
+pytestmark = pytest.mark.usefixtures("one_thread_faiss")
+
+
+class BlockingReranker(ReverseReranker):
+    """Holds its handler thread until the test releases it."""
+
+    def __init__(self):
+        super().__init__()
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def rank(self, history, candidates, query=None):
+        self.started.set()
+        if not self.release.wait(60):
+            raise TimeoutError("the test never released the reranker")
+        return super().rank(history, candidates, query)
+
+
+@pytest.fixture(scope="module")
+def artifact_dir(tiny_split, tmp_path_factory):
+    return export_tiny_artifact(tmp_path_factory.mktemp("loop") / "artifact", tiny_split)
+
+
+def histories(artifact_dir, n: int) -> list[list[str]]:
+    ids = Artifact.load(artifact_dir).items["item_id"].astype(str).tolist()
+    return [[ids[(7 * i + j) % len(ids)] for j in range(3)] for i in range(n)]
+
+
+def test_a_plain_request_is_answered_while_the_lm_holds_the_only_handler_thread(artifact_dir):
+    reranker = BlockingReranker()
+    cfg = ServeConfig(artifacts=str(artifact_dir), worker_threads=1,
+                      rerank=StageSettings(enabled=True, candidates=5, budget_ms=600_000))
+    history = histories(artifact_dir, 1)[0]
+    with ServerThread(create_app(cfg, components=LMComponents(reranker=reranker))) as server, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        server.wait_ready()
+        client = httpx.Client(base_url=server.url, timeout=30)
+        slow = pool.submit(client.post, "/recommend", json={"history": history, "k": 3, "rerank": True})
+        assert reranker.started.wait(30)  # the rerank request now holds the one handler thread
+        try:
+            fast = client.post("/recommend", json={"history": history[:2], "k": 3})
+            assert fast.status_code == 200 and fast.json()["served_by"] == "retrieval"
+            assert not slow.done()  # answered before the LM call ended
+        finally:
+            reranker.release.set()
+        assert slow.result().json()["served_by"] == "rerank"
+
+
+def test_concurrent_new_histories_on_the_loop_get_the_retrievers_answers(artifact_dir):
+    cfg = ServeConfig(artifacts=str(artifact_dir), embed_batch_size=8, embed_batch_wait_ms=20)
+    users = histories(artifact_dir, 24)
+    retriever = Retriever(artifact_dir)
+    with ServerThread(create_app(cfg)) as server, concurrent.futures.ThreadPoolExecutor(12) as pool:
+        server.wait_ready()
+        client = httpx.Client(base_url=server.url, timeout=30, limits=httpx.Limits(max_connections=12))
+        answers = list(pool.map(lambda h: client.post("/recommend", json={"history": h, "k": 5}).json(), users))
+        batches = httpx.get(server.url + "/metrics").text
+    for h, answer in zip(users, answers):
+        assert [it["item_id"] for it in answer["items"]] == [r["item_id"] for r in retriever.recommend(h, k=5)]
+    counts = [line for line in batches.splitlines() if line.startswith("towerrec_embed_batch_size_count")]
+    sums = [line for line in batches.splitlines() if line.startswith("towerrec_embed_batch_size_sum")]
+    n_batches, n_users = float(counts[0].split()[-1]), float(sums[0].split()[-1])
+    assert n_users == len(users) and n_batches < len(users)  # some requests shared a forward pass
+
+
+@pytest.mark.parametrize("bad", [(), (1, 2, 3, 4), (-1,)])
+def test_gc_thresholds_are_checked(artifact_dir, bad):
+    assert ServeConfig(artifacts=str(artifact_dir), gc_thresholds=[10, 5]).gc_thresholds == (10, 5)
+    assert ServeConfig(artifacts=str(artifact_dir), gc_thresholds=None).gc_thresholds is None
+    with pytest.raises(ValueError, match="service.gc_thresholds"):
+        ServeConfig(artifacts=str(artifact_dir), gc_thresholds=bad)
