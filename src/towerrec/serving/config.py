@@ -52,7 +52,7 @@ class ServeConfig:
     precompute_user_vectors: bool = False  # embed every known user at load (before ready, and on each reload)
     embed_batch_size: int = 32  # concurrent user-tower calls share a forward pass of up to this many users (1: off)
     embed_batch_wait_ms: float = 2.0  # how long the first user of a batch waits for others
-    threads: int = 1  # torch / FAISS threads per request; requests run concurrently in a thread pool
+    threads: int = 1  # torch / FAISS threads per request
     worker_threads: int = 64  # that thread pool's size (rerank / explain requests and the other endpoints)
     gc_thresholds: tuple[int, ...] | None = (100_000, 50, 1000)  # gc.set_threshold in the server (None: Python's)
     exit_on_load_failure: bool = True  # a failed first load stops the server (else /readyz stays 503)
