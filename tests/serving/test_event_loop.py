@@ -85,3 +85,18 @@ def test_gc_thresholds_are_checked(artifact_dir, bad):
     assert ServeConfig(artifacts=str(artifact_dir), gc_thresholds=None).gc_thresholds is None
     with pytest.raises(ValueError, match="service.gc_thresholds"):
         ServeConfig(artifacts=str(artifact_dir), gc_thresholds=bad)
+
+
+def test_lm_stages_and_milvus_searches_stay_off_the_event_loop(artifact_dir):
+    from types import SimpleNamespace
+
+    from towerrec.index import IndexConfig
+    from towerrec.serving.service import RecommendationService
+
+    def on_loop(index=None, **req):
+        cfg = ServeConfig(artifacts=str(artifact_dir), **({"index": index} if index else {}))
+        request = SimpleNamespace(**{"rerank": False, "explain": False, **req})
+        return RecommendationService.on_event_loop(SimpleNamespace(cfg=cfg), request)
+
+    assert on_loop() and not on_loop(rerank=True) and not on_loop(explain=True)
+    assert not on_loop(IndexConfig(backend="milvus"))  # network calls: a handler thread waits for them

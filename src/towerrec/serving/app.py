@@ -157,9 +157,9 @@ def create_app(cfg: ServeConfig, *, service: RecommendationService | None = None
     @app.post("/recommend", response_model=S.RecommendResponse, responses=ERRORS, tags=["recommend"],
               summary="Products for a known user, a history and/or a query")
     async def recommend(req: RecommendRequest):
-        if req.rerank or req.explain:  # LM stages under their budgets: a handler thread waits for them
-            return await anyio.to_thread.run_sync(service.recommend, req)
-        return await service.recommend_async(req)  # on the event loop: first come, first served
+        if service.on_event_loop(req):
+            return await service.recommend_async(req)  # first come, first served
+        return await anyio.to_thread.run_sync(service.recommend, req)  # LM stages or Milvus: a handler thread
 
     @app.post("/similar-items", response_model=S.SimilarItemsResponse, responses=ERRORS, tags=["recommend"],
               summary="Products like a given product (product vectors only)")

@@ -271,11 +271,16 @@ class RecommendationService:
         vec = None if len(positions) == 0 and query is None else self._user_vector(state, positions, query)
         return self._recommend(state, req, positions, query, notes, vec)
 
+    def on_event_loop(self, req) -> bool:
+        """Whether `recommend_async` serves `req`: everything but rerank and explain (LM stages that block under
+        their budgets) and searches of a Milvus collection (network calls)."""
+        return not (req.rerank or req.explain) and self.cfg.index.backend == "faiss"
+
     async def recommend_async(self, req) -> dict:
-        """`recommend` on the event loop, for requests without rerank and explain (whose LM stages block): the
-        cheap work runs there, one request after another, and a user-vector miss awaits its shared batch."""
-        if req.rerank or req.explain:
-            raise ValueError("recommend_async serves requests without rerank and explain")
+        """`recommend` on the event loop, for the requests of `on_event_loop`: the cheap work runs there, one
+        request after another, and a user-vector miss awaits its shared batch."""
+        if not self.on_event_loop(req):
+            raise ValueError("recommend_async serves requests without rerank and explain, on the FAISS backend")
         state, positions, query, notes = self._recommend_inputs(req)
         vec = None if len(positions) == 0 and query is None else await self._user_vector_async(state, positions,
                                                                                                 query)
