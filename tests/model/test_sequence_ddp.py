@@ -11,8 +11,7 @@ import pytest
 import torch
 from test_sequence_module import build  # the tiny sequence setting through the real config
 
-from towerrec.model import sequence_module
-from towerrec.model.sequence_module import gathered_targets
+from towerrec.model import loss as losses
 
 WORLD = 2
 
@@ -30,7 +29,7 @@ def _worker(rank: int, init_file: str, out_dir: str, module, halves) -> None:
     try:
         inputs, targets = halves[rank]
         with torch.no_grad():
-            every = gathered_targets(targets[targets >= 0])
+            every = losses.gather_uneven(targets[targets >= 0])
             loss = module.slot_loss(inputs, targets)
         torch.save({"targets": every, "loss": loss}, Path(out_dir) / f"rank{rank}.pt")
     finally:
@@ -61,7 +60,7 @@ def test_each_rank_scores_against_every_ranks_next_items(compose_cfg, tmp_path, 
         assert torch.equal(results[r]["targets"], every)
     with torch.no_grad():
         local = [module.slot_loss(*halves[r]) for r in range(WORLD)]  # one process: own columns only
-        monkeypatch.setattr(sequence_module, "gathered_targets", lambda t: every)
+        monkeypatch.setattr(losses, "gather_uneven", lambda t: every)
         global_ = [module.slot_loss(*halves[r]) for r in range(WORLD)]
     for r in range(WORLD):
         torch.testing.assert_close(results[r]["loss"], global_[r], rtol=1e-5, atol=1e-6)

@@ -17,22 +17,27 @@ def filters(tiny_split, tmp_path_factory) -> CatalogFilters:
     return CatalogFilters(Retriever(export_tiny_artifact(tmp_path_factory.mktemp("filters") / "a", tiny_split)))
 
 
+def mask(filters: CatalogFilters, request: Filters, notes: list[str] | None = None):
+    """The (N,) mask the Retriever applies for `request`."""
+    return filters.retriever.filter_mask(filters.item_filter(request, notes))
+
+
 def test_masks(filters):
     items = filters.retriever.items
-    assert filters.mask(Filters()) is None and filters.mask(Filters(category="  ")) is None
+    assert mask(filters, Filters()) is None and mask(filters, Filters(category="  ")) is None
     top = items["category"].iloc[0].split(" > ")[0]
     cats = items["category"]
     expected = ((cats == top) | cats.str.startswith(top + " > ")).to_numpy()
-    assert np.array_equal(filters.mask(Filters(category=top)), expected) and 0 < expected.sum() < len(items)
-    assert not filters.mask(Filters(category=top[:-1])).any()  # a prefix inside a segment matches nothing
+    assert np.array_equal(mask(filters, Filters(category=top)), expected) and 0 < expected.sum() < len(items)
+    assert not mask(filters, Filters(category=top[:-1])).any()  # a prefix inside a segment matches nothing
     prices = items["price"].to_numpy()
     lo, hi = np.nanpercentile(prices, [25, 75])
-    priced = filters.mask(Filters(price_min=lo, price_max=hi))
+    priced = mask(filters, Filters(price_min=lo, price_max=hi))
     assert np.array_equal(priced, (prices >= lo) & (prices <= hi))  # NaN prices are out
-    both = filters.mask(Filters(category=top, price_max=hi))
+    both = mask(filters, Filters(category=top, price_max=hi))
     assert np.array_equal(both, expected & (prices <= hi))
     notes = []
-    assert not filters.mask(Filters(price_min=5, price_max=1), notes).any() and "above" in notes[0]
+    assert not mask(filters, Filters(price_min=5, price_max=1), notes).any() and "above" in notes[0]
 
 
 def test_item_filter_is_none_without_a_condition(filters):

@@ -6,9 +6,9 @@ inputs = items[:-1] and targets = items[1:], right-aligned with -1 padding on th
 shuffled by (seed, epoch) alone and sharded across DDP ranks (the two-tower's `BucketBatchSampler`), so an epoch
 replayed after a crash sees the same batches. `length_pool` > 1 sorts each pool of that many batches by window
 length before batching (batches of similar length, far fewer padded slots: most histories are short); 1 (the
-default) batches windows in their shuffled order. Validation and test batches
-carry one right-aligned history window per user (`example_idx` says which example), users ordered by history
-length so that batches are of similar length. Every batch drops its leading slots that are padding in all of its
+default) batches windows in their shuffled order. Validation and test batches carry one right-aligned history
+window per user (`example_idx` says which example), users ordered by history length so that batches are of
+similar length. Every batch drops its leading slots that are padding in all of its
 rows (`trim_padding`): padding never changes a slot's vector, and the transformer's cost grows with the window.
 """
 

@@ -10,7 +10,8 @@ The loss follows the order of TensorFlow Recommenders' retrieval task:
 
 Columns of `items` are the candidates of every query: the in-batch positives (rows 0..B-1 by default),
 then any extra negatives (uniform samples, which `towerrec.data.datamodule` draws and appends at collate
-time; a `CrossBatchMemory`; other ranks via `gather_with_grad`, located by `rank_offset_labels`).
+time; a `CrossBatchMemory`; other ranks via `gather_with_grad`, located by `rank_offset_labels`; ids of uneven
+length per rank via `gather_uneven`).
 
 `cached_loss_backward` computes the same loss and the same parameter gradients as embedding the whole
 batch at once, in chunks small enough for memory (GradCache, Gao et al. 2021).
@@ -258,6 +259,24 @@ def gather_with_grad(x: Tensor) -> Tensor:
         torch.distributed.all_gather(parts, x.contiguous())
         return torch.cat(parts, dim=0)
     return _AllGather.apply(x)
+
+
+def gather_uneven(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-D tensor (no grad) from every rank, in rank order; ranks may hold different lengths (the
+    sequence towers' next items: their in-batch columns are the global batch's, each rank embedding them with its
+    own replica of the product tower while DDP averages the gradients). Without a process group, or with one
+    rank, returns t itself."""
+    if not _distributed() or torch.distributed.get_world_size() == 1:
+        return t
+    world = torch.distributed.get_world_size()
+    size = torch.tensor([len(t)], device=t.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    torch.distributed.all_gather(sizes, size)
+    padded = torch.zeros(int(max(n.item() for n in sizes)), dtype=t.dtype, device=t.device)
+    padded[: len(t)] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    return torch.cat([part[: int(n.item())] for part, n in zip(parts, sizes)])  # (sum of lengths,)
 
 
 def rank_offset_labels(

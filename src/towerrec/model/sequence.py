@@ -104,7 +104,8 @@ class TextItemTower(nn.Module):
 
     What an exported sequence artifact embeds products added later and free-text queries with: the encoder that
     computed the training text vectors (frozen, or with its trained layers: `TrainableText.export_encoder`) and
-    the trained adapter, no id embedding (such products are unseen). `forward` has the TextTower signature, so `towerrec.model.encode.encode_texts` runs it."""
+    the trained adapter, no id embedding (such products are unseen). `forward` has the TextTower signature, so
+    `towerrec.model.encode.encode_texts` runs it."""
 
     def __init__(self, encoder: nn.Module, pooling: str, dim: int, adapter: str = "linear"):
         super().__init__()

@@ -2,7 +2,8 @@
 
 Negatives (`loss.kind`): `inbatch` (default) — every distinct next item of the batch is a column of the sampled
 softmax shared by all slots, logQ-corrected by training popularity (under DDP, the next items of every rank's
-batch: `gathered_targets`); `full` — a softmax over the whole catalog. Evaluation is `CatalogRankingModule`'s (full ranking, both protocols).
+batch: `losses.gather_uneven`); `full` — a softmax over the whole catalog. Evaluation is `CatalogRankingModule`'s
+(full ranking, both protocols).
 
 When the text encoder trains (`model.text_encoder.train` top_layers / full: the product tower has a
 `text_module`), each step computes the text vectors of the batch's distinct items (history inputs and targets)
@@ -70,7 +71,7 @@ class SequenceModule(CatalogRankingModule):
         items, real = self.model.items, targets >= 0  # (B, L)
         full, table = self.hparams.loss_kind == "full", None
         t = targets[real]  # (P,)
-        every_t = t if full else gathered_targets(t)  # (P_all,) in-batch columns: every rank's next items
+        every_t = t if full else losses.gather_uneven(t)  # (P_all,) in-batch columns: every rank's next items
         if self.text_module is None:  # frozen text vectors: everything is the stored table
             states, table, columns_of = self.model.user_states(inputs), None, items
         else:  # the batch's distinct items computed now, with grad through the text encoder
@@ -126,22 +127,3 @@ class SequenceModule(CatalogRankingModule):
 
     def user_vectors(self, batch: dict) -> torch.Tensor:
         return self.model.embed_users(batch["windows"])  # (B, D)
-
-
-def gathered_targets(t: torch.Tensor) -> torch.Tensor:
-    """(P,) this rank's next items -> those of every rank, concatenated (DDP: the in-batch softmax's columns are
-    the global batch's next items; each rank embeds them with its replica of the product tower, and DDP averages
-    the gradients). Ranks may hold different counts. Without a process group, or with one rank: `t`."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
-            or torch.distributed.get_world_size() == 1:
-        return t
-    world = torch.distributed.get_world_size()
-    size = torch.tensor([len(t)], device=t.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    torch.distributed.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.full((longest,), -1, dtype=t.dtype, device=t.device)
-    padded[: len(t)] = t
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    torch.distributed.all_gather(parts, padded)
-    return torch.cat([p[: int(n.item())] for p, n in zip(parts, sizes)])  # (P_all,)

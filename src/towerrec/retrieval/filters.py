@@ -2,9 +2,9 @@
 
 `Filters` is what a caller asks for (a category path prefix, a price range, whether seen items are left out;
 the service's request model has the same fields). `CatalogFilters` turns them into the one `ItemFilter` the
-Retriever searches with, on either backend (a mask over table positions for FAISS, an expression for Milvus),
-noting why nothing can match; `mask` is the same filter as an (N,) boolean array (`Retriever.filter_mask`:
-category masks are cached only for category paths the catalog has, unknown prices fail any price bound).
+Retriever searches with, on either backend (for FAISS an (N,) mask over table positions, `Retriever.filter_mask`:
+category masks cached only for category paths the catalog has, unknown prices failing any price bound; for
+Milvus an expression), noting why nothing can match.
 `popular` is the cold-start answer under the same filter: the most popular products (training counts), seen
 ones left out.
 """
@@ -33,7 +33,6 @@ class CatalogFilters:
     def __init__(self, retriever: Retriever):
         self.retriever = retriever
         self.num_items = len(retriever.table)
-        self.categories = retriever.categories  # category filters that match some product
         self.popularity = np.asarray(retriever.artifact.popularity, dtype=np.int64)  # (N,)
         self.popularity_order = np.argsort(-self.popularity, kind="stable")  # positions, most popular first
 
@@ -45,10 +44,6 @@ class CatalogFilters:
             notes.append(f"filters.price_min ({lo:g}) is above filters.price_max ({hi:g}): no product can match")
         item_filter = ItemFilter(filters.category, lo, hi)
         return None if item_filter.empty else item_filter
-
-    def mask(self, filters, notes: list[str] | None = None) -> np.ndarray | None:
-        """(N,) bool of the products passing `filters`, read-only; None when no filter is set."""
-        return self.retriever.filter_mask(self.item_filter(filters, notes))
 
     def popular(self, k: int, exclude_positions: np.ndarray,
                 item_filter: ItemFilter | None) -> list[tuple[int, float]]:
