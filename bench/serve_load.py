@@ -55,18 +55,36 @@ class ServerProcess:
         return self.proc.pid
 
     def memory_mib(self) -> dict:
-        """Resident memory now and at peak (Linux /proc), MiB."""
-        fields = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0]) / 1024
-        return {"rss_mib": round(fields["VmRSS"], 1), "peak_rss_mib": round(fields["VmHWM"], 1)}
+        """Resident memory of the server now and at peak (Linux /proc), MiB; with worker processes
+        (service.workers), summed over the supervisor and its workers, with their proportional set size (PSS:
+        shared pages, e.g. the memory-mapped index and the libraries, counted once) and each worker's RSS."""
+        import psutil
+
+        main = psutil.Process(self.pid)
+        procs = [main, *main.children(recursive=True)]
+        infos = [p.memory_full_info() for p in procs]
+        out = {"rss_mib": round(sum(i.rss for i in infos) / 2**20, 1),
+               "peak_rss_mib": round(_peak_rss(self.pid) / 1024, 1)}
+        if len(procs) > 1:
+            out["pss_mib"] = round(sum(i.pss for i in infos) / 2**20, 1)
+            out["worker_rss_mib"] = [round(i.rss / 2**20, 1) for i in infos[1:]]
+        return out
+
+
+def _peak_rss(pid: int) -> int:
+    """VmHWM of a process, KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == "VmHWM":
+            return int(value.split()[0])
+    return 0
 
 
 @contextlib.contextmanager
-def running_server(artifact: Path, overrides=(), cpus: str | None = None, ready_timeout: float = 900.0):
-    """`python serve.py artifacts=ARTIFACT port=0 ...` in a subprocess until the block ends (SIGTERM)."""
+def running_server(artifact: Path, overrides=(), cpus: str | None = None, ready_timeout: float = 900.0,
+                   workers: int = 1):
+    """`python serve.py artifacts=ARTIFACT port=0 ...` in a subprocess until the block ends (SIGTERM); ready
+    once `workers` different server processes have answered /readyz with 200."""
     run_dir = Path(tempfile.mkdtemp(prefix="serve_bench_"))
     cmd = [sys.executable, str(REPO / "serve.py"), f"artifacts={artifact}", "port=0", f"hydra.run.dir={run_dir}",
            *overrides]
@@ -87,11 +105,15 @@ def running_server(artifact: Path, overrides=(), cpus: str | None = None, ready_
             m = re.search(r"Uvicorn running on (http://\S+)", line)
             url = m and m.group(1)
         threading.Thread(target=lambda: [log.write(x) for x in proc.stdout], daemon=True).start()
+        ready: set[int] = set()
         while True:
             try:
-                r = httpx.get(url + "/readyz", timeout=10)
+                r = httpx.get(url + "/readyz", timeout=10)  # a new connection each time: any worker answers
                 if r.status_code == 200:
-                    break
+                    ready.add(r.json()["pid"])
+                    if len(ready) >= workers:
+                        break
+                    continue
                 if r.json().get("error"):
                     raise RuntimeError(f"the server failed to load: {r.json()['error']}")
             except httpx.TransportError:

@@ -11,10 +11,14 @@ script and runs `wrk -t1 -c CONNECTIONS -d DURATION --latency` against it (pinne
 server and in every request.
 
 Printed and written (`--out`): requests, QPS, p50 / p90 / p99 / max latency (wrk's, microsecond resolution),
-non-2xx responses and socket errors, and the server's resident memory before and after.
+non-2xx responses and socket errors, and the server's resident memory before and after (all its processes).
+`--workers 1,2` runs one server after the other (service.workers=1, then 2) with the same load and reports the
+QPS ratio.
 
     python bench/serve_wrk.py --artifact RUN/artifact --requests new --server-cpus 0 --client-cpus 1 \
         --set development=true --out bench/results/serve_wrk_synthetic_new.json
+    python bench/serve_wrk.py --artifact RUN/artifact --requests new --workers 1,2 --server-cpus 0,1 \
+        --client-cpus 0,1 --set development=true --out bench/results/serve_wrk_synthetic_workers.json
 """
 
 from __future__ import annotations
@@ -103,17 +107,11 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float, cpus: str 
             "errors": errors}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--artifact", type=Path, required=True, help="an exported artifact directory")
-    p.add_argument("--requests", choices=("user", "new", "history"), default="new")
-    p.add_argument("--connections", type=int, default=50)
-    p.add_argument("--duration", type=float, default=60.0)
-    p.add_argument("--warmup", type=float, default=10.0)
+def parse_load_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """The options this bench and bench/serve_soak.py share (the requests, the pinning, the server), parsed;
+    exits when wrk is missing."""
     p.add_argument("--history-items", type=int, default=5)
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--filter", action="store_true", help="a category filter on every request")
-    p.add_argument("--rerank", action="store_true", help="LM rerank on (server and requests)")
     p.add_argument("--server-cpus", help="taskset CPU list of the server, e.g. 0")
     p.add_argument("--client-cpus", help="taskset CPU list of wrk, e.g. 1")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra serve.py overrides")
@@ -122,14 +120,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (Debian), brew install wrk (macOS)")
-    overrides = list(args.set) + (["service.rerank.enabled=true"] if args.rerank else [])
-    script = Path(tempfile.mkdtemp(prefix="wrk_")) / "load.lua"
-    script.write_text(lua_script(args, args.artifact))
-    result = {"artifact": str(args.artifact), "requests_kind": args.requests, "connections": args.connections,
-              "duration_s": args.duration, "warmup_s": args.warmup, "history_items": args.history_items, "k": args.k,
-              "filter": args.filter, "rerank": args.rerank, "overrides": overrides, "server_cpus": args.server_cpus,
-              "client_cpus": args.client_cpus, "loadavg_before": os.getloadavg()}
-    with running_server(args.artifact, overrides, args.server_cpus) as server:
+    return args
+
+
+def measure(args, script: Path, overrides: list[str], workers: int) -> dict:
+    """One server (`workers` processes), warm-up, then the recorded wrk run."""
+    result = {"workers": workers, "loadavg_before": os.getloadavg()}
+    overrides = overrides + ([f"service.workers={workers}"] if workers > 1 else [])
+    with running_server(args.artifact, overrides, args.server_cpus, workers=workers) as server:
         result["memory_ready"] = server.memory_mib()
         if args.warmup > 0:
             run_wrk(server.url, script, args.connections, args.warmup, args.client_cpus)
@@ -138,11 +136,41 @@ def main(argv=None) -> int:
     result["loadavg_after"] = os.getloadavg()
     lat = result["latency_ms"]
     print(f"wrk -t1 -c{args.connections} {args.duration:g} s, POST /recommend ({args.requests}"
-          f"{', category filter' if args.filter else ''}{', rerank' if args.rerank else ''}): "
+          f"{', category filter' if args.filter else ''}{', rerank' if args.rerank else ''}), {workers} worker(s): "
           f"{result['requests']} requests, QPS {result['qps']}, p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
           f"p99 {lat['p99']} ms, max {lat['max']} ms, errors {result['errors'] or 0}; memory "
           f"{result['memory_ready']} -> {result['memory_after']}; load {result['loadavg_before']} -> "
           f"{result['loadavg_after']}")
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--artifact", type=Path, required=True, help="an exported artifact directory")
+    p.add_argument("--requests", choices=("user", "new", "history"), default="new")
+    p.add_argument("--connections", type=int, default=50)
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--warmup", type=float, default=10.0)
+    p.add_argument("--filter", action="store_true", help="a category filter on every request")
+    p.add_argument("--rerank", action="store_true", help="LM rerank on (server and requests)")
+    p.add_argument("--workers", default="1", help="service.workers, or a comma list run one after another and "
+                                                  "compared (QPS ratio to the first), e.g. 1,2")
+    args = parse_load_args(p, argv)
+    workers = [int(w) for w in str(args.workers).split(",")]
+    overrides = list(args.set) + (["service.rerank.enabled=true"] if args.rerank else [])
+    script = Path(tempfile.mkdtemp(prefix="wrk_")) / "load.lua"
+    script.write_text(lua_script(args, args.artifact))
+    result = {"artifact": str(args.artifact), "requests_kind": args.requests, "connections": args.connections,
+              "duration_s": args.duration, "warmup_s": args.warmup, "history_items": args.history_items, "k": args.k,
+              "filter": args.filter, "rerank": args.rerank, "overrides": overrides, "server_cpus": args.server_cpus,
+              "client_cpus": args.client_cpus}
+    runs = [measure(args, script, overrides, n) for n in workers]
+    if len(runs) == 1:
+        result.update(runs[0])
+    else:
+        result["runs"] = runs
+        result["qps_ratio"] = {str(r["workers"]): round(r["qps"] / runs[0]["qps"], 3) for r in runs}
+        print("QPS against", workers[0], "worker(s):", result["qps_ratio"])
     write_results(args.out, result)
     return 0
 

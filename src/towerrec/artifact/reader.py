@@ -220,8 +220,10 @@ class Artifact:
         return {"towers": towers, "users": len(self.users)}
 
     @classmethod
-    def load(cls, path: str | os.PathLike, verify: bool = True) -> Artifact:
-        """Read an artifact; `verify` also checks every file's sha256 against the manifest.
+    def load(cls, path: str | os.PathLike, verify: bool = True, mmap: bool = False) -> Artifact:
+        """Read an artifact; `verify` also checks every file's sha256 against the manifest. `mmap`: map the
+        FAISS index's vectors from the file (read-only, shared by every process that serves the same file)
+        instead of copying them into memory; such an index cannot be added to.
 
         Always checked: the manifest's fields, that every file present is listed (rerank/ aside) and every
         listed one present with its size, index dim / count / metric, tables and shapes, the towers' tower.json,
@@ -238,7 +240,7 @@ class Artifact:
         _check_listing(path, manifest, verify)
         dim, n = manifest["dim"], manifest["num_items"]
         names = index_files(manifest)
-        parts = [_read_part(path / name, manifest) for name in names]
+        parts = [_read_part(path / name, manifest, mmap) for name in names]
         ntotal = sum(p.ntotal for p in parts)
         if ntotal != n:
             raise ArtifactError(f"{path / names[0]}: the index holds {ntotal} vectors but manifest num_items is {n}")
@@ -322,9 +324,9 @@ def _check_listing(path: Path, manifest: dict, verify: bool) -> None:
                                     f"{MANIFEST}): the file was modified or corrupted")
 
 
-def _read_part(f: Path, manifest: dict) -> faiss.Index:
+def _read_part(f: Path, manifest: dict, mmap: bool = False) -> faiss.Index:
     with reading(f, "not a readable FAISS index"):
-        part = faiss.read_index(str(f))
+        part = faiss.read_index(str(f), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
     if part.d != manifest["dim"]:
         raise ArtifactError(f"{f}: index dimension {part.d} != manifest dim {manifest['dim']}")
     if part.metric_type != faiss.METRIC_INNER_PRODUCT:

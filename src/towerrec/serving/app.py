@@ -21,6 +21,7 @@ artifact that fails to load or verify, or of a path the OS refuses (a name over 
 import contextlib
 import copy
 import logging
+import os
 import secrets
 
 import anyio.to_thread
@@ -102,9 +103,16 @@ async def _json(send, status: int, detail: str) -> None:
 
 
 def create_app(cfg: ServeConfig, *, service: RecommendationService | None = None,
-               components: LMComponents | None = None, on_load_failure=None) -> FastAPI:
+               components: LMComponents | None = None, on_load_failure=None, load_before_serving: bool = False,
+               reload_all=None) -> FastAPI:
     """The service's FastAPI app. `components`: LM components to use instead of building them from config
-    (tests pass doubles); `on_load_failure(exc)`: called when the background load fails (the server stops)."""
+    (tests pass doubles); `on_load_failure(exc)`: called when the background load fails (the server stops).
+
+    One of several workers (`server.worker_app`): `load_before_serving` loads during the app's startup, so the
+    worker takes no connection before it can answer (a failed load fails the startup when
+    `service.exit_on_load_failure`); `reload_all()`, called after POST /admin/reload swapped the artifact into
+    this worker, makes every worker reload (the supervisor's rolling restart), so only the served directory
+    can be reloaded."""
     metrics = service.metrics if service is not None else Metrics()
     service = service or RecommendationService(cfg, metrics, components)
     models = S.request_models(cfg)
@@ -114,7 +122,14 @@ def create_app(cfg: ServeConfig, *, service: RecommendationService | None = None
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         anyio.to_thread.current_default_thread_limiter().total_tokens = cfg.worker_threads
-        if service.holder.current is None:
+        if service.holder.current is None and load_before_serving:
+            try:
+                await anyio.to_thread.run_sync(service.load)
+            except Exception as e:
+                if cfg.exit_on_load_failure:
+                    raise  # uvicorn: startup failed, the worker exits
+                log.error("loading failed, /readyz stays 503: %s", e)
+        elif service.holder.current is None:
             service.start(on_failure=on_load_failure)
         yield
         service.close()
@@ -210,8 +225,17 @@ def create_app(cfg: ServeConfig, *, service: RecommendationService | None = None
 
     def reload(body: S.ReloadRequest | None = Body(None)):
         path = body.path if body else None
+        other = path is not None and os.path.abspath(path) != os.path.abspath(service.holder.path)
+        if reload_all is not None and other:
+            raise InvalidField(("body", "path"), f"with service.workers={cfg.workers} every worker serves "
+                                                 f"{service.holder.path}: replace that directory (or point a "
+                                                 "symlink there at the new version) and reload it")
         try:
-            return service.reload(path)
+            result = service.reload(path)
+            if reload_all is not None:
+                reload_all()
+                result["workers"] = cfg.workers
+            return result
         except ReloadInProgress as e:
             return JSONResponse({"detail": str(e)}, status_code=409)
         except (OSError, ValueError) as e:  # ArtifactError is a ValueError; OSError: e.g. a name too long

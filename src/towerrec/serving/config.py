@@ -53,6 +53,8 @@ class ServeConfig:
     embed_batch_size: int = 32  # concurrent user-tower calls share a forward pass of up to this many users (1: off)
     embed_batch_wait_ms: float = 2.0  # how long the first user of a batch waits for others
     threads: int = 1  # torch / FAISS threads per request
+    workers: int = 1  # server processes on the port (uvicorn's supervisor; SIGHUP: a rolling restart of each)
+    worker_timeout_s: int = 180  # workers > 1: a replacement worker must have loaded within this (else killed)
     worker_threads: int = 64  # that thread pool's size (rerank / explain requests and the other endpoints)
     gc_thresholds: tuple[int, ...] | None = (100_000, 50, 1000)  # gc.set_threshold in the server (None: Python's)
     exit_on_load_failure: bool = True  # a failed first load stops the server (else /readyz stays 503)
@@ -65,7 +67,8 @@ class ServeConfig:
 
     def __post_init__(self):
         for name in ("max_body_bytes", "max_k", "max_history", "max_text_chars", "max_id_chars", "threads",
-                     "worker_threads", "embed_batch_size"):
+                     "workers", "worker_timeout_s", "worker_threads",
+                     "embed_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"service.{name} must be at least 1, got {getattr(self, name)}")
         if self.gc_thresholds is not None:

@@ -107,12 +107,15 @@ class ReadyResponse(BaseModel):
     components: dict[str, str] = Field(default_factory=dict, description="LM components: loaded | disabled | "
                                                                          "loading | failed: ...")
     error: str | None = None
+    pid: int = Field(description="the server process that answered (one of service.workers)")
 
 
 class ReloadResponse(BaseModel):
     previous: str | None = Field(description="version served before the swap")
     artifact: ArtifactInfo
     seconds: float
+    workers: int = Field(1, description="server processes the reload reaches: this one swapped the artifact in; "
+                                        "with service.workers > 1, a rolling restart of every worker follows")
 
 
 class ErrorResponse(BaseModel):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -159,7 +160,7 @@ class RecommendationService:
         error = self.holder.error or next((s for s in self.component_status.values() if s.startswith("failed")),
                                           None)
         return {"ready": self.ready, "artifact": state.info() if state else None,
-                "components": dict(self.component_status), "error": error}
+                "components": dict(self.component_status), "error": error, "pid": os.getpid()}
 
     def reload(self, path: str | None = None) -> dict:
         """Load `path` (default: the served directory) fully, then swap it in; raises ReloadInProgress, or the

@@ -1,7 +1,8 @@
 """The loaded artifact as the service holds it, and the atomic swap that reloads it.
 
 `ServiceState.load(path)` does all the work of bringing an artifact into service before anyone sees it:
-`Artifact.load(verify=True)` (manifest, checksums, shapes; files are only read), the user tower rebuilt and
+`Artifact.load(verify=True, mmap=True)` (manifest, checksums, shapes; files are only read; the index's vectors
+are mapped from the file, so the workers of `service.workers` share one copy), the user tower rebuilt and
 run once on a probe history (`Retriever.embed_histories`, the one user path of text and sequence artifacts;
 with a probe query where the artifact can embed free text), known users read, and what requests need beyond
 the artifact's `ItemTable` (id maps, shown product fields, prices) precomputed: popularity order, category
@@ -99,7 +100,7 @@ class ServiceState:
         `index`: where to search (None: the artifact's FAISS index; backend milvus: the collection the artifact
         was loaded into, refused with an ArtifactError when it holds another version)."""
         start = time.perf_counter()
-        artifact = Artifact.load(path, verify=True)
+        artifact = Artifact.load(path, verify=True, mmap=True)
         if not development:
             artifact.refuse_development_key("pass development=true to serve it")
         state = cls(artifact, user_cache_size, index)
