@@ -10,7 +10,8 @@ A small pool repeats users, so the service's user-vector cache answers most requ
 user base makes almost every request embed a new history with the user tower.
 
 Reported: completed requests, QPS, latency p50/p90/p99/max (client side: connection + server time), errors
-by status, what served the requests (retrieval / rerank / degraded / popularity), cache hits and LM
+by status, what served the requests (retrieval / rerank / degraded / popularity) and the latency of each of
+those answers, cache hits and LM
 fallbacks (from /metrics), resident memory when ready, after the run and at peak (VmHWM), and the
 machine's load. The client runs in this process; with `--server-cpus` / `--client-cpus` each is pinned
 (taskset) to its own cores, otherwise they share the machine.
@@ -216,11 +217,19 @@ async def closed_loop(url: str, bodies: list[dict], clients: int, warmup: float,
         if by:
             served[by] = served.get(by, 0) + 1
     window = finished - record_from
+    by_served = {by: percentiles(np.array([r[1] for r in records if r[3] == by]) * 1000) for by in served}
     return {"requests": len(records), "seconds": round(window, 2), "qps": round(len(records) / window, 1),
-            "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p90": round(float(np.percentile(lat, 90)), 1),
-                           "p99": round(float(np.percentile(lat, 99)), 1), "max": round(float(lat.max()), 1),
-                           "mean": round(float(lat.mean()), 1)} if len(lat) else {},
+            "latency_ms": percentiles(lat), "latency_ms_by_served_by": by_served,
             "errors": sum(n for s, n in statuses.items() if s != "200"), "statuses": statuses, "served_by": served}
+
+
+def percentiles(lat: np.ndarray) -> dict:
+    """p50 / p90 / p99 / max / mean of latencies in ms ({} for none)."""
+    if not len(lat):
+        return {}
+    return {"p50": round(float(np.percentile(lat, 50)), 1), "p90": round(float(np.percentile(lat, 90)), 1),
+            "p99": round(float(np.percentile(lat, 99)), 1), "max": round(float(lat.max()), 1),
+            "mean": round(float(lat.mean()), 1)}
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -289,7 +298,7 @@ def main(argv=None) -> int:
         print(f"  requests {result['requests']}  QPS {result['qps']}  errors {result['errors']}  statuses "
               f"{result['statuses']}")
         print(f"  latency ms: p50 {lat.get('p50')}  p90 {lat.get('p90')}  p99 {lat.get('p99')}  max {lat.get('max')}")
-        print(f"  served_by {result['served_by']}")
+        print(f"  served_by {result['served_by']}; latency ms by served_by {result['latency_ms_by_served_by']}")
         print(f"  server counters (delta): {result['server_counters']}")
         print(f"  memory after: {result['memory_after']}")
     print(f"  load average before/after: {result['env']['loadavg_before']} / {result['env']['loadavg_after']}")

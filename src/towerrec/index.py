@@ -236,7 +236,11 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, cfg=None) -> tuple[faiss.I
         raise ValueError(f"{len(ids)} ids for {len(x)} vectors")
     n, d = x.shape
     factory = cfg.resolve(n, d)
-    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:  # FAISS's message holds its C++ location; the first line says what
+        raise ValueError(f"index.factory {factory!r} is not a FAISS index factory string: "
+                         f"{str(e).strip().splitlines()[-1]}") from e
     top = faiss.downcast_index(index)
     if not isinstance(top, (faiss.IndexIDMap, faiss.IndexIVF)):  # not id-aware: map our ids on top
         index = faiss.IndexIDMap2(index)

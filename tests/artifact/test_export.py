@@ -174,7 +174,7 @@ def test_nlist_and_pq_rules():
         IndexConfig.from_any({"factory": "Flat", "search": {"ef": 3}})
 
 
-@pytest.mark.parametrize("name", ["flat", "hnsw", "ivf", "ivfpq"])
+@pytest.mark.parametrize("name", ["flat", "fp16", "hnsw", "ivf", "ivfpq"])
 def test_index_presets_export_load_and_search(tmp_path, model, tokenizer, split, name):
     cfg = preset(name)
     art = Artifact.load(do_export(tmp_path / name, model, tokenizer, split, index_cfg=cfg))
@@ -188,6 +188,8 @@ def test_index_presets_export_load_and_search(tmp_path, model, tokenizer, split,
         ivf = faiss.extract_index_ivf(art.index)
         assert ivf.nlist == 2 and ivf.nprobe == 2  # nprobe clamped to nlist; set after loading
         assert info["trained_on"] == split.num_items
+    if name == "fp16":
+        assert info["factory"] == "IDMap2,SQfp16" and "IndexScalarQuantizer" in chain
     if name == "ivfpq":
         assert info["factory"] == "IDMap2,IVF2,PQ2x6np,RFlat"
         assert "IndexRefineFlat" in chain
@@ -195,7 +197,7 @@ def test_index_presets_export_load_and_search(tmp_path, model, tokenizer, split,
     # every item is its own nearest neighbour: exact for flat / IVF (all cells probed); for IVF-PQ once
     # k * k_factor candidates reach the exact re-ranking (the random tiny model's vectors are near-collinear)
     _, labels = art.index.search(art.embeddings, 10)
-    assert (labels[:, 0] == art.row_ids).mean() >= (0.95 if name in ("hnsw", "ivfpq") else 1.0)
+    assert (labels[:, 0] == art.row_ids).mean() >= (0.95 if name in ("fp16", "hnsw", "ivfpq") else 1.0)
 
 
 # ------------------------------------------------------------------------------------------ sharding
@@ -337,3 +339,22 @@ def test_cli_add_remove_verify(art_dir, tmp_path, split, capsys):
     assert main(["remove", str(art_dir), "00123"]) == 0
     assert main(["verify", str(art_dir)]) == 0
     assert "80 items" in capsys.readouterr().out
+
+
+def test_reindex_rebuilds_the_index_from_the_stored_vectors(art_dir, capsys):
+    before = Artifact.load(art_dir)
+    queries = np.ascontiguousarray(before.embeddings[:20])
+    exact = before.index.search(queries, 5)
+    assert main(["reindex", str(art_dir), "--factory", "IDMap2,SQfp16"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["factory"] == "IDMap2,SQfp16"
+    after = Artifact.load(art_dir, verify=True)
+    assert after.version != before.version and after.manifest["index"]["factory"] == "IDMap2,SQfp16"
+    assert after.manifest["history"][-1] == {**after.manifest["history"][-1], "action": "reindex",
+                                             "from": "IDMap2,Flat", "to": "IDMap2,SQfp16"}
+    pd.testing.assert_frame_equal(after.items, before.items)
+    scores, labels = after.index.search(queries, 5)
+    np.testing.assert_allclose(scores, exact[0], atol=2e-3)  # half precision: about three digits
+    assert (labels[:, 0] == exact[1][:, 0]).mean() >= 0.9
+    assert main(["reindex", str(art_dir), "--factory", "NotAFactory"]) == 1
+    assert "NotAFactory" in capsys.readouterr().err
+    assert Artifact.load(art_dir).version == after.version  # a failed rebuild leaves the artifact as it was

@@ -14,7 +14,7 @@ import pandas as pd
 
 from towerrec.artifact.milvus import load_into_milvus
 from towerrec.artifact.reader import Artifact
-from towerrec.artifact.update import add_items, remove_items
+from towerrec.artifact.update import add_items, reindex, remove_items
 from towerrec.index import MilvusConfig, describe
 
 
@@ -44,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("item_ids", nargs="*", help="item ids (or --file)")
     p.add_argument("--file", help="a text file with one item id per line")
     p.add_argument("--rebuild", action="store_true", help="rebuild the index from the stored embeddings")
+    p = sub.add_parser("reindex", help="rebuild the index from the stored embeddings with another FAISS factory")
+    p.add_argument("artifact")
+    p.add_argument("--factory", required=True, help='a faiss.index_factory string, e.g. "IDMap2,SQfp16" (half the '
+                                                    'memory of IDMap2,Flat) or "IDMap2,HNSW32,Flat"')
+    p.add_argument("--search", type=json.loads, default={}, help='search parameters, JSON, e.g. \'{"efSearch": 64}\'')
+    p.add_argument("--shards", type=int, default=1)
     p = sub.add_parser("milvus", help="load the products (vectors, ids, category, price) into a Milvus collection, "
                                       "replacing what the collection held")
     p.add_argument("artifact")
@@ -70,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = add_items(args.artifact, _read_items(Path(args.items)), replace=not args.no_replace,
                                 rebuild=args.rebuild, batch_size=args.batch_size)
             print(json.dumps(summary))
+        elif args.command == "reindex":
+            print(json.dumps(reindex(args.artifact, {"factory": args.factory, "search": args.search,
+                                                     "shards": args.shards})))
         elif args.command == "milvus":
             params = args.index_params
             if params is None:

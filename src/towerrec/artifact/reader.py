@@ -91,11 +91,11 @@ class Artifact:
             self._users = users
         return self._users
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
-        """sha256 of manifest.json, which lists every file's sha256: the identity of the artifact's content."""
-        with reading(self.path / MANIFEST, "cannot be read"):
-            return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()
+        """sha256 of manifest.json, which lists every file's sha256: the identity of the artifact's content. Read
+        when the artifact is loaded, so a later version written to the same directory does not change it."""
+        return _manifest_digest(self.path)
 
     @property
     def num_users(self) -> int:
@@ -237,6 +237,7 @@ class Artifact:
                             path, aside_path(path))
                 path = aside_path(path)
         manifest = read_manifest(path)
+        digest = _manifest_digest(path)
         _check_listing(path, manifest, verify)
         dim, n = manifest["dim"], manifest["num_items"]
         names = index_files(manifest)
@@ -273,7 +274,14 @@ class Artifact:
                 columns = pq.read_schema(path / USERS_FILE).names
             if not set(USER_COLUMNS) <= set(columns):
                 raise ArtifactError(f"{path / USERS_FILE}: columns {columns} lack {list(USER_COLUMNS)}")
-        return cls(path, manifest, parts, items, emb, popularity, text)
+        art = cls(path, manifest, parts, items, emb, popularity, text)
+        art.__dict__["digest"] = digest  # the cached property: the version of the manifest read above
+        return art
+
+
+def _manifest_digest(path: Path) -> str:
+    with reading(path / MANIFEST, "cannot be read"):
+        return hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
 
 
 def _tower_kinds(manifest: dict) -> dict[str, str | None]:

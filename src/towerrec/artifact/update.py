@@ -1,5 +1,5 @@
 """Keep an artifact up to date without retraining: add or replace products (embedded by the stored product
-tower), remove products, replace the recorded metrics. Each change is a new atomic version of the directory.
+tower), remove products, rebuild the index with another configuration, replace the recorded metrics. Each change is a new atomic version of the directory.
 
 A sequence artifact embeds products by its product text path (text encoder -> adapter, no id embedding: a
 product added later is unseen, and can then appear in histories like any other); an id-only one (model.text
@@ -188,6 +188,23 @@ def remove_items(artifact_dir: str | os.PathLike, item_ids: Iterable[str], *, re
         _rewrite(out_dir, art, items_df, emb, counts, parts, {
             "num_items": len(items_df), "index": info, "history": [*art.manifest.get("history", []), event]})
     return summary
+
+
+def reindex(artifact_dir: str | os.PathLike, index: IndexConfig | Mapping | str) -> dict:
+    """Rebuild the index from the stored embeddings with another index configuration (an IndexConfig, a dict
+    like conf/index/*.yaml, or a factory string such as "IDMap2,SQfp16"): a new version whose tables and towers
+    are those of the previous one."""
+    cfg = IndexConfig.from_any(index)
+    out_dir = Path(artifact_dir).absolute()
+    with artifact_lock(out_dir):
+        recover(out_dir)
+        art = Artifact.load(out_dir, verify=True)
+        cfg = dataclasses.replace(cfg, shards=min(cfg.shards, art.num_items))
+        parts, info = build_parts(art.embeddings, art.row_ids, cfg)
+        event = {"action": "reindex", "at": now(), "from": art.manifest["index"]["factory"], "to": info["factory"]}
+        _rewrite(out_dir, art, art.items, art.embeddings, art.popularity, parts, {
+            "index": info, "history": [*art.manifest.get("history", []), event]})
+    return {"factory": info["factory"], "shards": len(parts), "num_items": art.num_items}
 
 
 def set_metrics(artifact_dir: str | os.PathLike, metrics: Mapping[str, float]) -> None:

@@ -17,8 +17,9 @@ LM is loaded once per process: a reload swaps the retrieval artifact and rebuild
 not the LM.
 
 `BudgetedStage` runs one LM call in a small pool of worker threads and waits for it at most `budget` seconds.
-On timeout the request goes on without the stage; the call itself cannot be interrupted (a forward pass has
-no cancellation point), so it finishes in the background while still holding its slot. At most
+On timeout the request goes on without the stage, and the call stops too: it runs under the same deadline
+(`towerrec.rerank.deadline`; `build_lm_components` has the LM check it before each decoder layer), so a late
+call frees its slot and the cores within about one layer's time instead of finishing for nobody. At most
 `max_concurrent` calls run at once; a request that finds every slot taken skips the stage at once ("busy")
 instead of queueing behind calls that would blow its budget anyway (a request with no fallback, product copy,
 may wait for a slot within its budget instead). This keeps an overloaded LM from taking
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from towerrec.rerank.apply import find_rerank_dir
+from towerrec.rerank.deadline import DeadlineExceeded, deadline, watch
 from towerrec.serving.config import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -76,23 +78,24 @@ class BudgetedStage:
         acquired = self._slots.acquire(timeout=budget_s) if wait_for_slot else self._slots.acquire(blocking=False)
         if not acquired:
             return StageResult(reason="busy", seconds=time.perf_counter() - start)
+        remaining = max(0.0, budget_s - (time.perf_counter() - start))
         try:
-            future = self._pool.submit(self._call, fn)
+            future = self._pool.submit(self._call, fn, time.monotonic() + remaining)
         except RuntimeError:  # the pool was shut down
             self._slots.release()
             return StageResult(reason="error", error="the service is shutting down")
-        remaining = max(0.0, budget_s - (time.perf_counter() - start))
         try:
             return StageResult(future.result(timeout=remaining), seconds=time.perf_counter() - start)
-        except concurrent.futures.TimeoutError:
+        except (concurrent.futures.TimeoutError, DeadlineExceeded):  # the call stops at its next layer
             return StageResult(reason="timeout", seconds=time.perf_counter() - start)
         except Exception as e:  # the stage failed: the request goes on without it
             log.exception("%s stage failed", self.name)
             return StageResult(reason="error", seconds=time.perf_counter() - start, error=f"{type(e).__name__}: {e}")
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
+    def _call(self, fn: Callable[[], Any], at: float) -> Any:
         try:
-            return fn()
+            with deadline(at):
+                return fn()
         finally:
             self._slots.release()  # only when the work ends, so timed-out calls still count against the limit
 
@@ -136,5 +139,6 @@ def build_lm_components(cfg: ServeConfig) -> LMComponents:
     def explainer_for(items):
         return Explainer.for_artifact(reranker.model, reranker.tokenizer, explain_cfg, items)
 
+    watch(reranker.model)  # the LM stops at the budgets' deadlines (BudgetedStage)
     return LMComponents(reranker=reranker if cfg.rerank.enabled else None,
                         make_explainer=explainer_for if cfg.explain.enabled else None)

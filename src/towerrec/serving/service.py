@@ -49,7 +49,7 @@ from towerrec.serving.batching import EmbeddingBatcher
 from towerrec.serving.components import BudgetedStage, LMComponents, StageResult, resolve
 from towerrec.serving.config import ServeConfig
 from towerrec.serving.metrics import Metrics
-from towerrec.serving.state import ServiceState, StateHolder
+from towerrec.serving.state import ServiceState, StateHolder, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class RecommendationService:
         if cfg.embed_batch_size > 1:
             self.batcher = EmbeddingBatcher(cfg.embed_batch_size, cfg.embed_batch_wait_ms,
                                             on_batch=self.metrics.embed_batch.observe)
+        self.release_delay_s = 1.0  # after a reload swap, how long until the replaced state is collected
         self.rerank_stage = BudgetedStage("rerank", cfg.rerank.max_concurrent)
         self.explain_stage = BudgetedStage("explain", cfg.explain.max_concurrent)
 
@@ -175,8 +176,14 @@ class RecommendationService:
         self._adopt(state)
         self.metrics.reloads.labels(outcome="ok").inc()
         seconds = time.perf_counter() - start
-        log.info("reloaded: %s -> %s in %.1f s", previous.version if previous else None, state.version, seconds)
-        return {"previous": previous.version if previous else None, "artifact": state.info(), "seconds": seconds}
+        old = previous.version if previous else None
+        del previous
+        # once the replaced state's requests in flight are done (and it is freed), its heap goes back to the OS
+        timer = threading.Timer(self.release_delay_s, release_memory)
+        timer.daemon = True
+        timer.start()
+        log.info("reloaded: %s -> %s in %.1f s", old, state.version, seconds)
+        return {"previous": old, "artifact": state.info(), "seconds": seconds}
 
     def close(self) -> None:
         if self.batcher is not None:
