@@ -424,3 +424,23 @@ def test_serving_a_sequence_artifact_does_not_import_lightning(run):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_short_histories_are_embedded_without_their_padding_slots(run):
+    """embed_histories drops the window slots that are padding in every row of a batch (a 2-item history costs
+    2 positions of the transformer, not max_len), with the vectors the full window gives."""
+    art = Artifact.load(run["path"])
+    tower = art.user_tower
+    windows = tower.windows([np.array([3, 5]), np.array([1])])  # (2, max_len), mostly padding
+    assert windows.shape[1] == tower.max_len > 2
+    with torch.inference_mode():
+        w = torch.from_numpy(windows)
+        full = tower.module(torch.from_numpy(art.embeddings)[w.clamp_min(0)], w != -1)[:, -1].numpy()
+    seen = []
+    hook = tower.module.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+    try:
+        got = tower.embed_histories(windows, art.embeddings)
+    finally:
+        hook.remove()
+    assert seen == [2]
+    np.testing.assert_allclose(got, full, atol=1e-5)

@@ -34,7 +34,7 @@ from towerrec.artifact.format import (
     reason,
 )
 from towerrec.data.tokens import count_tokens
-from towerrec.data.windows import right_aligned
+from towerrec.data.windows import right_aligned, trim_padding
 from towerrec.model.encode import encode_texts
 from towerrec.model.sequence import ADAPTERS, ItemEncoder, SequenceUserTower, TextItemTower
 from towerrec.model.towers import TextTower
@@ -121,7 +121,7 @@ class SequenceTower:
         self.module.eval()
         out = np.empty((n, self.dim), dtype=np.float32)
         for start in range(0, n, batch_size):
-            w = torch.from_numpy(windows[start : start + batch_size])  # (b, L)
+            w = torch.from_numpy(trim_padding(windows[start : start + batch_size])[0])  # (b, L'): no all-pad slots
             x = table[w.clamp_min(0)]  # (b, L, D)
             slots = w == QUERY_SLOT
             if slots.any():

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from towerrec.data.datamodule import BucketBatchSampler
 from towerrec.data.splits import Split
-from towerrec.data.windows import right_aligned, training_windows
+from towerrec.data.windows import right_aligned, training_windows, trim_padding
 
 
 class SequenceDataModule(L.LightningDataModule):
@@ -64,14 +64,6 @@ class SequenceDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
-
-
-def trim_padding(windows: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Right-aligned (B, L) windows (-1 = padding) and tensors aligned with them, without the leading slots that
-    are padding in every row -> (B, L') each, L' >= 1."""
-    real = (windows >= 0).any(0)  # (L,)
-    first = int(real.int().argmax()) if bool(real.any()) else windows.shape[1] - 1
-    return tuple(t[:, first:] for t in (windows, *others))
 
 
 def _collate_train(rows) -> dict:

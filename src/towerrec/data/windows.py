@@ -8,6 +8,14 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def trim_padding(windows, *others):
+    """Right-aligned (B, L) windows (-1 = padding) and arrays or tensors aligned with them, without the leading
+    slots that are padding in every row -> (B, L') each, L' >= 1 (numpy arrays or CPU tensors alike)."""
+    real = np.asarray(windows >= 0).any(0)  # (L,)
+    first = int(real.argmax()) if real.any() else windows.shape[1] - 1
+    return tuple(t[:, first:] for t in (windows, *others))
+
+
 def right_aligned(histories: Sequence[np.ndarray], length: int) -> np.ndarray:
     """(B, L) int64 windows of the newest `length` items of each history (oldest first), -1 on the left."""
     out = np.full((len(histories), length), -1, dtype=np.int64)
