@@ -105,25 +105,42 @@ def summarize(records: list[dict], latencies: list[float], sample_keys: list) ->
     return result
 
 
+def describe_summary(copies: list[dict], seconds: list[float], samples: int) -> dict:
+    return {"n": len(copies), "raw_grounded_rate": sum(c["first_ok"] for c in copies) / len(copies),
+            "final_grounded_rate": sum(c["text"] is not None for c in copies) / len(copies),
+            "shown_ungrounded": sum(c["shown_ungrounded"] for c in copies), "seconds_mean": statistics.mean(seconds),
+            "samples": copies[:samples], "copies": copies, "seconds": seconds}
+
+
 def merge(paths: list[Path], out: Path) -> dict:
-    """Parts of one run (same users, seed, modes) summed into one result."""
+    """Parts of one run (same seeded users; each part may hold one mode or both) summed into one result."""
     parts = [json.loads(p.read_text()) for p in paths]
     first = parts[0]
-    result = {k: first[k] for k in ("artifact", "config", "model", "top_k", "machine", "samples_seed")}
+    result = {k: first[k] for k in ("artifact", "config", "model", "top_k", "machine", "vocabulary", "samples",
+                                    "samples_seed")}
     result["command"] = [p["command"] for p in parts]
-    result["users"] = sum(p["users_in_part"] for p in parts)
+    result["users"] = first["users"]
     result["modes"] = {}
-    for mode in first["modes"]:
-        records = [r for p in parts for r in p["modes"][mode]["records"]]
-        latencies = [x for p in parts for x in p["modes"][mode]["latencies"]]
-        rng = np.random.default_rng(first["samples_seed"])
+    for mode in dict.fromkeys(m for p in parts for m in p["modes"]):
+        mine = [p for p in parts if mode in p["modes"]]
+        records = [r for p in mine for r in p["modes"][mode]["records"]]
+        latencies = [x for p in mine for x in p["modes"][mode]["latencies"]]
         keys = [(r["user"], r["item_id"]) for r in records]
+        rng = np.random.default_rng(first["samples_seed"])
         picked = sorted(rng.choice(len(keys), size=min(first["samples"], len(keys)), replace=False).tolist())
-        result["modes"][mode] = summarize(records, latencies, [keys[i] for i in picked])
-    for key in ("describe", "timing"):
-        found = [p[key] for p in parts if key in p]
-        if found:
-            result[key] = found[0]
+        result["modes"][mode] = {"users": sum(p["users_in_part"] for p in mine),
+                                 **summarize(records, latencies, [keys[i] for i in picked])}
+    described = [p["describe"] for p in parts if "describe" in p]
+    if described:
+        result["describe"] = {m: describe_summary([c for d in described if m in d for c in d[m].get(
+                                                      "copies", d[m]["samples"])],
+                                                  [x for d in described if m in d for x in d[m].get(
+                                                      "seconds", [d[m]["seconds_mean"]] * d[m]["n"])],
+                                                  first["samples"])
+                              for m in dict.fromkeys(m for d in described for m in d)}
+    timing = next((p["timing"] for p in parts if "timing" in p), None)
+    if timing:
+        result["timing"] = timing
     write_results(out, result)
     report(result)
     return result
@@ -132,7 +149,8 @@ def merge(paths: list[Path], out: Path) -> dict:
 def report(result: dict) -> None:
     for mode, m in result["modes"].items():
         say(f"{mode}: {m['explanations']} explanations: raw grounded {m['raw_grounded_rate']:.3f}, final "
-            f"{m['final_grounded_rate']:.3f} (refused {m['refused_rate']:.3f}, shown ungrounded {m['shown_ungrounded']}), "
+            f"{m['final_grounded_rate']:.3f} (refused {m['refused_rate']:.3f}, shown ungrounded "
+            f"{m['shown_ungrounded']}), "
             f"goal >= {GOAL}: {'met' if m['goal_met'] else 'NOT met'}; {m['seconds_per_explanation_mean']:.2f} s each; "
             f"flagged {m['flagged_kinds']}")
 
@@ -262,11 +280,7 @@ def main(argv=None) -> dict:
                 copies.append({"user": int(u), "title": rec["title"], "text": e.text, "attempts": e.attempts,
                                "flagged": e.flagged, "first_ok": e.grounded and e.attempts == 1,
                                "shown_ungrounded": e.text is not None and not recheck(e.text, history, rec).grounded})
-            result["describe"][mode] = {
-                "n": len(copies), "raw_grounded_rate": sum(c["first_ok"] for c in copies) / len(copies),
-                "final_grounded_rate": sum(c["text"] is not None for c in copies) / len(copies),
-                "shown_ungrounded": sum(c["shown_ungrounded"] for c in copies), "seconds_mean": statistics.mean(t),
-                "samples": copies[: args.samples]}
+            result["describe"][mode] = describe_summary(copies, t, args.samples)
             say(f"describe {mode}: {result['describe'][mode]['final_grounded_rate']:.3f} grounded, "
                 f"{statistics.mean(t):.2f} s each")
     if args.timing:

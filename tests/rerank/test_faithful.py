@@ -87,7 +87,7 @@ def test_slots_come_from_the_fields():
     flat = G.Vocabulary.from_items(pd.DataFrame({"title": ["a", "b"], "brand": ["", ""],
                                                  "category": ["Lab Supplies", "Lab Supplies Glassware Beakers"]}))
     assert F.category_leaf("Lab Supplies Glassware Beakers", flat) == "Glassware Beakers"
-    assert F._without_numbers("Evara Daypack 20 L Nylon") == "Evara Daypack Nylon"
+    assert G.without_numbers("Evara Daypack 20 L Nylon") == "Evara Daypack Nylon"
 
 
 WORDS = ("steel red oak pro max alpha matte glass foam nylon swift lunar delta quartz amber cobalt ultra "

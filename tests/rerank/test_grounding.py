@@ -4,6 +4,7 @@ flagged are real SmolLM2 outputs that the lexical check passed, rebuilt on a sma
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from helpers.shop import (
     CAMERA_BAG,
@@ -116,3 +117,17 @@ def test_claim_spans_mark_strong_weak_and_open_clauses():
     assert [(c.strong, c.open) for c in G.claim_spans("Since you bought")] == [(True, True)]
     assert G.claim_spans("Since you bought a light,")[0].open  # the next word decides whether the clause goes on
     assert not G.claim_spans("Nothing here is claimed.")
+
+
+def test_a_title_without_its_part_numbers_names_the_product_and_inner_dots_do_not_end_a_clause():
+    rows = [("g1", "Gorilla 6100101 Tape Handy Roll, 1-Pack, Black", "Gorilla", "Tapes"),
+            ("g2", "Gorilla Tape, Black Duct Tape, 12 yd", "Gorilla", "Tapes"),
+            ("m1", "Dr.Meter 0.01pH High Accuracy Pocket Size pH Meter", "Dr.Meter", "Meters"),
+            ("m2", "General Hydroponics Ph 7.0 Calibration Solution", "General Hydroponics", "Lab")]
+    table = pd.DataFrame(rows, columns=["item_id", "title", "brand", "category"])
+    vocab = V.Vocabulary.from_items(table, attribute_max_share=0.5)
+    roll, meter, solution = ({"title": r[1], "brand": r[2], "category": r[3]} for r in (rows[0], rows[2], rows[3]))
+    assert ("gorilla", "tape") in vocab.terms  # a product name (g2's lead)
+    assert flags("Suggested next: Gorilla Tape Handy Roll.", [], roll, vocab) == []  # as the prompt shows g1
+    assert flags("You bought Dr.Meter High Accuracy Pocket Size pH Meter.", [meter], solution, vocab) == []
+    assert flags("You bought Dr.Meter High Accuracy Pocket Size pH Meter.", [], solution, vocab)

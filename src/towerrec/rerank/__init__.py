@@ -4,7 +4,8 @@ and the result is evaluated with the full-ranking harness (`evaluate`). `Reranke
 
 Modules: lm (load the LM), prompts (sanitised product text, prompts), scoring, fusion, reranker (Reranker,
 rerank directory), evaluate; explanations: vocabulary, grounding (the check), constraints (constrained
-decoding), templates and faithful (template mode), explain (the Explainer). Heavy imports (torch, transformers) happen when these names are first used.
+decoding), templates and faithful (template mode), explain (the Explainer). Heavy imports (torch,
+transformers) happen when these names are first used.
 """
 
 from __future__ import annotations

@@ -66,6 +66,7 @@ from towerrec.rerank.vocabulary import (
     fold,
     item_fields,
     price_text,
+    short_title,
     term_key,
     title_lead,
 )
@@ -158,12 +159,6 @@ class ExplainConfig:
         return cfg
 
 
-def short_title(title: str) -> str:
-    """The title's lead when it has 2+ words, else the title."""
-    lead = title_lead(title)
-    return lead if len(lead.split()) >= 2 else title
-
-
 def _short_category(category: str, max_chars: int) -> str:
     """A category path's tail within max_chars: the specific end of "A > B > C" or of a flat string."""
     category = " ".join(category.split())
@@ -180,7 +175,8 @@ def prompt_prose(cfg: ExplainConfig) -> list[str]:
     from towerrec.rerank.templates import template_words
 
     _, _, why, copy = EXAMPLE
-    return [cfg.system, cfg.explain_task, cfg.describe_task, cfg.strict_rules, cfg.explain_prefix.replace("{history}", ""),
+    return [cfg.system, cfg.explain_task, cfg.describe_task, cfg.strict_rules,
+            cfg.explain_prefix.replace("{history}", ""),
             cfg.describe_prefix, why, copy, *template_words()]
 
 

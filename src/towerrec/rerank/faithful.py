@@ -35,7 +35,15 @@ from towerrec.data.schema import CATEGORY_SEP
 from towerrec.rerank.grounding import Explanation, check_grounded
 from towerrec.rerank.scoring import continuation_logprobs
 from towerrec.rerank.templates import TEMPLATES, check_templates
-from towerrec.rerank.vocabulary import field_text, price_text, term_key, title_lead, words_of
+from towerrec.rerank.vocabulary import (
+    field_text,
+    price_text,
+    short_title,
+    term_key,
+    title_lead,
+    without_numbers,
+    words_of,
+)
 
 _SEGMENT = re.compile(r"\s*(?:[,(){}\[\]/|;:]|\s[-–—]\s)\s*")
 
@@ -68,22 +76,6 @@ def attribute_phrases(title: str, vocabulary, exclude: set[str] = frozenset(), l
     return list(dict.fromkeys(found))[:limit]
 
 
-_UNITS = frozenset("mm cm m kg g mg l ml oz lb lbs in inch ft v w a mah gb tb pcs pc pack x".split())
-
-
-def _without_numbers(title: str) -> str:
-    """`title` without its words holding digits, nor the unit word after one ("Daypack 20 L" -> "Daypack")."""
-    kept, after_number = [], False
-    for word in title.split():
-        if any(c.isdigit() for c in word):
-            after_number = True
-            continue
-        if not (after_number and word.lower().strip(",.;:()") in _UNITS):
-            kept.append(word)
-        after_number = False
-    return " ".join(kept)
-
-
 class TemplateWriter:
     """Explanations and product copy in template mode for an `Explainer` (its LM, config and vocabulary)."""
 
@@ -93,21 +85,32 @@ class TemplateWriter:
         self.lang = TEMPLATES[explainer.cfg.template_language]
 
     # ---- the data, as shown -------------------------------------------------------------------------------
+    def _pick(self, variants: list[str], sentence: str, history: Sequence[Mapping], item: Mapping) -> str:
+        """The first variant of a title that the check passes in `sentence` (its {} the title), else ''."""
+        for v in dict.fromkeys(v.strip(" ,;:-(") for v in variants):
+            if term_key(v) and check_grounded(sentence.format(v), history, item, self.ex.vocabulary,
+                                              numbers_from_history=self.ex.cfg.numbers_from_history).grounded:
+                return v
+        return ""
+
     def _history(self, history: Sequence[Mapping]) -> list[tuple[Mapping, str]]:
-        """(item, shown title) of the newest purchases, newest first; titles without words holding digits."""
+        """(item, shown title) of the newest purchases, newest first. A title loses its words holding digits
+        (or is cut before the first), its numbers being no product's; one the check would still flag is left
+        out."""
         cfg = self.ex.cfg
         out = []
         for h in reversed(list(history)[-max(cfg.history_items, 1) :]):
-            title = self.ex._shown_title(field_text(h.get("title")), cfg.history_title_tokens)
-            if not cfg.numbers_from_history:
-                title = _without_numbers(title)
-            title = title.strip(" ,;:-(")
-            if term_key(title):
+            title = self.ex._cap_words(short_title(self.ex._safe(field_text(h.get("title")))), cfg.history_title_tokens)
+            cut = re.split(r"\s\S*\d", " " + title)[0].strip()
+            variants = [title] if cfg.numbers_from_history else [without_numbers(title), cut]
+            title = self._pick(variants, "You bought {}.", [h], {})
+            if title:
                 out.append((h, title))
         return out
 
     def _fields(self, item: Mapping) -> dict[str, str]:
-        return {"title": self.ex._shown_title(field_text(item.get("title")), self.ex.cfg.title_tokens),
+        title = self.ex._cap_words(short_title(self.ex._safe(field_text(item.get("title")))), self.ex.cfg.title_tokens)
+        return {"title": self._pick([without_numbers(title), title], "{}.", [], item) or title,
                 "brand": self.ex._safe(field_text(item.get("brand"))) if field_text(item.get("brand")) else "",
                 "category": category_leaf(item.get("category"), self.ex.vocabulary),
                 "price": price_text(item.get("price"))}

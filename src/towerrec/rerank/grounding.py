@@ -56,14 +56,15 @@ from towerrec.rerank.vocabulary import (
     shared_category_terms,
     term_key,
     title_lead,
+    without_numbers,
     words_of,
 )
 
 __all__ = ["COMMON_WORDS", "STOPWORDS", "Vocabulary", "attribute_words", "canonical_number", "category_names",
            "field_text", "fold", "item_fields", "model_codes", "numbers_in", "price_text", "shared_category_terms",
-           "term_key", "title_lead", "words_of", "Explanation", "GroundingReport", "ClaimSpan", "CLAIM_KINDS", "check_grounded",
-           "claim_spans", "find_mentions", "ngrams", "content_words", "cited_history", "postprocess",
-           "SENTENCE_END"]
+           "term_key", "title_lead", "without_numbers", "words_of", "Explanation", "GroundingReport", "ClaimSpan",
+           "CLAIM_KINDS", "check_grounded", "claim_spans", "find_mentions", "ngrams", "content_words",
+           "cited_history", "postprocess", "SENTENCE_END"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +89,13 @@ class Explanation:
 
 
 def ngrams(texts: Iterable[str], max_n: int) -> set[tuple[str, ...]]:
-    """Every term key of up to `max_n` words found in `texts`: the names these texts ground."""
+    """Every term key of up to `max_n` words found in `texts`, or in them once their numbers are dropped
+    ("Gorilla Tape" in "Gorilla 6100101 Tape": the prompt shows titles so): the names these texts ground."""
     grams: set[tuple[str, ...]] = set()
     for text in texts:
-        key = term_key(text)
-        for n in range(1, max_n + 1):
-            grams.update(key[i : i + n] for i in range(len(key) - n + 1))
+        for key in {term_key(text), term_key(without_numbers(text))}:
+            for n in range(1, max_n + 1):
+                grams.update(key[i : i + n] for i in range(len(key) - n + 1))
     return grams
 
 
@@ -130,10 +132,10 @@ def find_mentions(text: str, vocabulary: Vocabulary) -> list[tuple[tuple[str, ..
 # ------------------------------------------------------------------------------------------ ownership claims
 
 # "you bought", "you've purchased", "you already own", "you recently got"
-_STRONG = re.compile(r"\byou(?:'ve|\s+have|\s+already|\s+recently|\s+just)*\s+(?:bought|purchased|ordered|owned|own|got)\b",
-                     re.IGNORECASE)
+_STRONG = re.compile(r"\byou(?:'ve|\s+have|\s+already|\s+recently|\s+just)*\s+"
+                     r"(?:bought|purchased|ordered|owned|own|got)\b", re.IGNORECASE)
 _WEAK = re.compile(r"\byour\b", re.IGNORECASE)
-_BOUNDARY = re.compile(r"[,.;:!?()\[\]\"—–]|\s-\s")
+_BOUNDARY = re.compile(r"[;:!?()\[\]\"—–]|[.,](?=\s|$)|\s-\s")  # "Dr.Meter", "0.01" and "Bottle,32" do not end one
 _SUBORDINATORS = frozenset("since because as if when now once after that which who".split())
 _CLAUSE_STOP = frozenset("this these that those it its we so which here there then now you our because since while "
                          "when if is are was were will can".split())

@@ -25,8 +25,8 @@ Public API:
                           ...) -> Vocabulary (.terms, .attributes, .exact_case, .with_terms, .kinds)
     attribute_words(texts_per_item, max_share, exclude=()) -> frozenset of folded words
     shared_category_terms(categories, share, max_words=5) -> set of term keys
-    term_key, fold, words_of, numbers_in, canonical_number, item_fields, field_text, price_text, category_names,
-    title_lead, model_codes, STOPWORDS, COMMON_WORDS
+    term_key, fold, words_of, without_numbers, numbers_in, canonical_number, item_fields, field_text, price_text,
+    category_names, title_lead, short_title, model_codes, STOPWORDS, COMMON_WORDS
 """
 
 from __future__ import annotations
@@ -239,6 +239,22 @@ class Vocabulary:
                    attributes=attributes)
 
 
+_UNITS = frozenset("mm cm m kg g mg l ml oz lb lbs in inch ft v w a mah gb tb pcs pc pack x".split())
+
+
+def without_numbers(title: str) -> str:
+    """`title` without its words holding digits, nor the unit word after one ("Daypack 20 L" -> "Daypack")."""
+    kept, after_number = [], False
+    for word in title.split():
+        if any(c.isdigit() for c in word):
+            after_number = True
+            continue
+        if not (after_number and word.lower().strip(",.;:()") in _UNITS):
+            kept.append(word)
+        after_number = False
+    return " ".join(kept)
+
+
 def words_of(text: str) -> set[str]:
     """The folded, lowercase words of `text` (letters and digits)."""
     return set(term_key(text))
@@ -293,6 +309,12 @@ def title_lead(title: str) -> str:
     """The product name at the head of a title: the text before its first comma, bracket, dash, 'for' or 'with'."""
     m = _LEAD_END.search(title)
     return (title[: m.start()] if m else title).strip()
+
+
+def short_title(title: str) -> str:
+    """The title's lead when it has 2+ words, else the title."""
+    lead = title_lead(title)
+    return lead if len(lead.split()) >= 2 else title
 
 
 def model_codes(title: str) -> list[str]:
