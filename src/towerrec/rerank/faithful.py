@@ -100,17 +100,19 @@ class TemplateWriter:
         cfg = self.ex.cfg
         out = []
         for h in reversed(list(history)[-max(cfg.history_items, 1) :]):
-            title = self.ex._cap_words(short_title(self.ex._safe(field_text(h.get("title")))), cfg.history_title_tokens)
+            title = short_title(self.ex._safe(field_text(h.get("title"))))
             cut = re.split(r"\s\S*\d", " " + title)[0].strip()
             variants = [title] if cfg.numbers_from_history else [without_numbers(title), cut]
+            variants = [self.ex._cap_words(v, cfg.history_title_tokens) for v in variants]
             title = self._pick(variants, "You bought {}.", [h], {})
             if title:
                 out.append((h, title))
         return out
 
     def _fields(self, item: Mapping) -> dict[str, str]:
-        title = self.ex._cap_words(short_title(self.ex._safe(field_text(item.get("title")))), self.ex.cfg.title_tokens)
-        return {"title": self._pick([without_numbers(title), title], "{}.", [], item) or title,
+        title = short_title(self.ex._safe(field_text(item.get("title"))))
+        variants = [self.ex._cap_words(v, self.ex.cfg.title_tokens) for v in (without_numbers(title), title)]
+        return {"title": self._pick(variants, "{}.", [], item) or variants[-1],
                 "brand": self.ex._safe(field_text(item.get("brand"))) if field_text(item.get("brand")) else "",
                 "category": category_leaf(item.get("category"), self.ex.vocabulary),
                 "price": price_text(item.get("price"))}

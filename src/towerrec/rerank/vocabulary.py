@@ -242,16 +242,22 @@ class Vocabulary:
 _UNITS = frozenset("mm cm m kg g mg l ml oz lb lbs in inch ft v w a mah gb tb pcs pc pack x".split())
 
 
+_LINKS = frozenset("by x of no no. # - / & and to".split())
+
+
 def without_numbers(title: str) -> str:
-    """`title` without its words holding digits, nor the unit word after one ("Daypack 20 L" -> "Daypack")."""
-    kept, after_number = [], False
-    for word in title.split():
-        if any(c.isdigit() for c in word):
-            after_number = True
+    """`title` without its words holding digits, the unit word after one, and the joining word between or
+    before them ("Daypack 20 L" -> "Daypack", "DEWALT 4-Inch by 2-Inch Wheel" -> "DEWALT Wheel", "No. 2MT")."""
+    words = title.split()
+    has_digit = [any(c.isdigit() for c in w) for w in words]
+    kept = []
+    for i, word in enumerate(words):
+        low = word.lower().strip(",;:()")
+        after = i > 0 and has_digit[i - 1]
+        before = i + 1 < len(words) and has_digit[i + 1]
+        if has_digit[i] or (after and low in _UNITS) or ((after or before) and low in _LINKS):
             continue
-        if not (after_number and word.lower().strip(",.;:()") in _UNITS):
-            kept.append(word)
-        after_number = False
+        kept.append(word)
     return " ".join(kept)
 
 
