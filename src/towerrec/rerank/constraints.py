@@ -196,8 +196,7 @@ class TermConstraint:
         self.prefixes = [prefix] * len(self.allowances) if isinstance(prefix, str) else list(prefix)
         self.index, self.trie = TokenIndex.of(tokenizer), TermTrie.of(vocabulary)
         self._finals: dict[tuple[int, bool | None, int], set[str]] = {}  # (row, claim, node id) -> banned words
-        self._root_ids: dict[tuple[int, bool | None], list[int]] = {}  # (row, claim) -> word-start tokens banned
-        self._nodes: dict[int, _Node] = {}
+        self._root_ids: dict[tuple[int, bool, bool | None], list[int]] = {}  # (row, bare, claim) -> tokens banned
 
     def _banned_finals(self, row: int, node: _Node, claim: bool | None) -> set[str]:
         """Words that would complete a term this row may not name, after `node`."""
@@ -208,14 +207,21 @@ class TermConstraint:
             words |= {w for w, child in node.children.items()
                       if child.key is not None and not allow.allows(child.key, child.kind, claim)}
             self._finals[slot] = words
-            self._nodes[id(node)] = node
         return self._finals[slot]
 
-    def _root_start_ids(self, row: int, claim: bool | None) -> list[int]:
-        if (row, claim) not in self._root_ids:
+    def _word_ids(self, words: Iterable[str], bare: bool) -> set[int]:
+        """Tokens spelling one of `words` (folded) as a new word: " Boots", and with `bare` also "Boots"."""
+        ids = {i for w in words for i in self.index.start.get(w, ())}
+        if bare:
+            ids.update(i for w in words for r in (w, w + "s") for i in self.index.cont.get(r, ()))
+        return ids
+
+    def _root_ids_for(self, row: int, bare: bool, claim: bool | None) -> list[int]:
+        """`_word_ids` of the one-word terms (thousands) this row may not name: computed once per row."""
+        if (row, bare, claim) not in self._root_ids:
             words = self._banned_finals(row, self.trie.root, claim)
-            self._root_ids[(row, claim)] = sorted({i for w in words for i in self.index.start.get(w, ())})
-        return self._root_ids[(row, claim)]
+            self._root_ids[(row, bare, claim)] = sorted(self._word_ids(words, bare))
+        return self._root_ids[(row, bare, claim)]
 
     def banned_ids(self, row: int, text: str) -> set[int] | tuple[str, set[int]]:
         """Token ids row `row` may not emit after answer text `text` (the prefix included); or ("only", ids)
@@ -230,13 +236,10 @@ class TermConstraint:
         # a token that starts a new word (" Boots"; with no partial word, also "Boots")
         after = self.trie.nodes_after(done + [fold(partial)] if partial else done)
         for node in after:
-            words = self._banned_finals(row, node, claim)
             if node is self.trie.root:
-                banned.update(self._root_start_ids(row, claim))
+                banned.update(self._root_ids_for(row, not partial, claim))
             else:
-                banned.update(i for w in words for i in index.start.get(w, ()))
-            if not partial:
-                banned.update(i for w in words for r in (w, w + "s") for i in index.cont.get(r, ()))
+                banned.update(self._word_ids(self._banned_finals(row, node, claim), not partial))
         # a token that continues the partial word ("ots" after " Bo")
         if partial:
             for node in self.trie.nodes_after(done):
