@@ -20,10 +20,13 @@ For each product:
    then a fixed sentence, is tried, and only if all fail is the explanation refused.
 
 Product copy (`describe`) states every fact (brand, category, the LM's attribute, price) and the purchase
-chosen in step 1. Titles are shown as the free prompt shows them (`Explainer._shown_title`); a history title
-loses its words with digits (its numbers are not the product's).
+chosen in step 1. Titles are their lead without numbers (`vocabulary.without_numbers`; a history's numbers
+are no product's), within the Explainer's token caps; the first variant the check passes on its own is used
+(without numbers, cut before the first number, as is), and a purchase with none is left out. Free mode opens
+with the purchase of step 1 (`purchases`).
 
-Public API: TemplateWriter(explainer).explain_many(history, items) / .describe(history, item) -> Explanations
+Public API: TemplateWriter(explainer).explain_many(history, items) / .describe(history, item) -> Explanations;
+    .purchases(history, items) -> [(history item, shown title)]; category_leaf, attribute_phrases
 """
 
 from __future__ import annotations
