@@ -90,7 +90,7 @@ class TemplateWriter:
     # ---- the data, as shown -------------------------------------------------------------------------------
     def _pick(self, variants: list[str], sentence: str, history: Sequence[Mapping], item: Mapping) -> str:
         """The first variant of a title that the check passes in `sentence` (its {} the title), else ''."""
-        for v in dict.fromkeys(v.strip(" ,;:-(") for v in variants):
+        for v in dict.fromkeys(v.strip(" ,;:-(").rstrip(".") for v in variants):  # the template ends sentences
             if term_key(v) and check_grounded(sentence.format(v), history, item, self.ex.vocabulary,
                                               numbers_from_history=self.ex.cfg.numbers_from_history).grounded:
                 return v
