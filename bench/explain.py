@@ -121,15 +121,17 @@ def merge(paths: list[Path], out: Path) -> dict:
     result["command"] = [p["command"] for p in parts]
     result["users"] = first["users"]
     result["modes"] = {}
-    for mode in dict.fromkeys(m for p in parts for m in p["modes"]):
+    modes = list(dict.fromkeys(m for p in parts for m in p["modes"]))
+    records = {m: [r for p in parts if m in p["modes"] for r in p["modes"][m]["records"]] for m in modes}
+    keys = [(r["user"], r["item_id"]) for r in records[modes[0]]]  # samples: pairs every mode explained
+    keys = [k for k in keys if all(k in {(r["user"], r["item_id"]) for r in records[m]} for m in modes)]
+    picked = np.random.default_rng(first["samples_seed"]).choice(len(keys), size=min(first["samples"], len(keys)),
+                                                                 replace=False)
+    for mode in modes:
         mine = [p for p in parts if mode in p["modes"]]
-        records = [r for p in mine for r in p["modes"][mode]["records"]]
         latencies = [x for p in mine for x in p["modes"][mode]["latencies"]]
-        keys = [(r["user"], r["item_id"]) for r in records]
-        rng = np.random.default_rng(first["samples_seed"])
-        picked = sorted(rng.choice(len(keys), size=min(first["samples"], len(keys)), replace=False).tolist())
         result["modes"][mode] = {"users": sum(p["users_in_part"] for p in mine),
-                                 **summarize(records, latencies, [keys[i] for i in picked])}
+                                 **summarize(records[mode], latencies, [keys[i] for i in sorted(picked)])}
     described = [p["describe"] for p in parts if "describe" in p]
     if described:
         result["describe"] = {m: describe_summary([c for d in described if m in d for c in d[m].get(

@@ -72,6 +72,7 @@ def attribute_phrases(title: str, vocabulary, exclude: set[str] = frozenset(), l
     lead = title_lead(title)
     found = []
     for segment in _SEGMENT.split(title[len(lead) :]):
+        segment = " ".join(segment.split())
         words = segment.split()
         if 1 <= len(words) <= 4 and all(re.fullmatch(r"[A-Za-z][A-Za-z&'-]*", w) for w in words):
             if any(w in vocabulary.attributes and w not in exclude for w in term_key(segment)):
