@@ -3,7 +3,9 @@ retriever's top-N listwise or pointwise (`scoring`), the score is fused with the
 and the result is evaluated with the full-ranking harness (`evaluate`). `Reranker` is the serving API.
 
 Modules: lm (load the LM), prompts (sanitised product text, prompts), scoring, fusion, reranker (Reranker,
-rerank directory), evaluate. Heavy imports (torch, transformers) happen when these names are first used.
+rerank directory), evaluate; explanations: vocabulary, grounding (the check), constraints (constrained
+decoding), templates and faithful (template mode), explain (the Explainer). Heavy imports (torch,
+transformers) happen when these names are first used.
 """
 
 from __future__ import annotations

@@ -1,30 +1,38 @@
-"""The Explainer: LM-written explanations and product copy (config, prompts, bounded decoding, retries).
+"""The Explainer: explanations and product copy, in one of two modes (`rerank.explain.mode`).
 
 Explanations say why a product suits a shopper; product copy describes it for them. Whether a text is
-grounded is decided by `towerrec.rerank.grounding`.
+grounded is decided by `towerrec.rerank.grounding` (names, numbers, attribute words, ownership claims).
 
-Generation. The LM (the reranker's SmolLM2 by default; a LoRA adapter, if the model carries one, is switched
-off while explaining: it was tuned to emit ranking labels, not prose) gets a chat prompt whose data blocks,
-the shopper's recent history and the product's fields, are untrusted text: control characters and special
-tokens stripped, each field capped in characters and tokens (titles shortened to their lead, "AcuRite 00613
-Humidity Monitor", since a 135M model copies long titles whole), fenced with the reranker's ``` markers
-(`towerrec.rerank.prompts`) and introduced as data, never as instructions. One worked example from a made-up
-shop comes first, and the answer is opened with "Since you bought". Decoding is greedy with a bounded
-`max_new_tokens`; a row stops after `max_sentences` complete sentences, never repeats one of its own 4-grams
-(copying the prompt stays allowed), and is cut to at most `max_sentences` sentences and `max_chars`
-characters. An answer with no complete sentence, prompt markup, one word over and over, a phrase said twice,
-or mostly made-up words (neither in the data nor whole words of the LM's vocabulary) counts as malformed;
-one with a mangled data word ("HATCHBOY" for "HATCHBOX") as ungrounded ("misspelled: ...").
+Template mode (default; `towerrec.rerank.faithful`): the LM chooses the purchase that supports the product
+and the fact to state, a template says it. Grounded by construction; the check still runs on every text.
 
-Faithfulness. Every answer goes through `grounding.check_grounded` against a vocabulary of the catalog's
-names (`Explainer.for_artifact` builds it from the artifact's items table, leaving out `ignore_terms` and the
-names shared by the categories of more than `ignore_category_share` of the items); the worked example's names
-and subject words are added to it, so that they are flagged in real answers.
+Free mode: the LM writes. It (the reranker's SmolLM2 by default; a LoRA adapter, if the model carries one, is
+switched off while explaining: it was tuned to emit ranking labels, not prose) gets a chat prompt whose data
+blocks, the shopper's recent history and the product's fields, are untrusted text: control characters and
+special tokens stripped, each field capped in characters and tokens (titles shortened to their lead,
+"AcuRite 00613 Humidity Monitor", since a 135M model copies long titles whole), fenced with the reranker's
+``` markers (`towerrec.rerank.prompts`) and introduced as data, never as instructions. One worked example
+from a made-up shop comes first, and the answer is opened with `explain_prefix`, "Since you bought the
+{history},", {history} being the purchase template mode would cite (the LM left to pick one cites the
+recommended product itself as often as not). Decoding is greedy with a bounded `max_new_tokens` and, with
+`constrain`, constrained (`towerrec.rerank.constraints`): from the first attempt it cannot complete a name,
+attribute word or number the check would flag. A row stops after `max_sentences` complete sentences, never
+repeats one of its own 4-grams (copying the prompt stays allowed), and is cut to at most `max_sentences`
+sentences and `max_chars` characters. An answer with no complete sentence, prompt markup, one word over and
+over, a phrase said twice, or mostly made-up words (neither in the data nor whole words of the LM's
+vocabulary) counts as malformed; one with a mangled data word ("HATCHBOY" for "HATCHBOX") as ungrounded
+("misspelled: ...").
 
-Regenerate, then refuse. A flagged or malformed first answer is regenerated up to `max_attempts` times with a
-stricter prompt, the flagged names banned from decoding (their spellings, and every whole-word token of their
-words the data do not use) and, if a number was flagged, every digit token; if every attempt fails, the
-explanation is refused (`text=None`): ungrounded text is never shown as fact.
+Faithfulness. Every answer goes through `grounding.check_grounded` against the catalog's vocabulary
+(`Explainer.for_artifact` builds it from the artifact's items table, leaving out `ignore_terms`, the names
+shared by the categories of more than `ignore_category_share` of the items, and as attribute words those in
+more than `attribute_max_share` of them or in the Explainer's own prompt); the worked example's names and
+subject words are added to it, so that they are flagged in real answers.
+
+Regenerate, then refuse (free mode). A flagged or malformed first answer is regenerated up to
+`max_attempts` times with a stricter prompt, the flagged words forbidden to decoding as well and, if a
+number was flagged, every digit; if every attempt fails, the explanation is refused (`text=None`):
+ungrounded text is never shown as fact.
 
 Public API:
     ExplainConfig.from_dict(cfg)                         cfg: the `rerank.explain` node (or a plain dict)
@@ -32,7 +40,7 @@ Public API:
     Explainer.for_artifact(model, tokenizer, cfg, artifact_or_items_table)
         .explain(history, item) -> Explanation           .explain_many(history, items) -> list[Explanation]
         .describe(history, item) -> Explanation
-    Explanation(text, grounded, flagged, attempts)
+    Explanation(text, grounded, flagged, attempts)       (defined in `towerrec.rerank.grounding`)
 History and item dicts are `Retriever.recommend`'s, history oldest first (see `towerrec.rerank.grounding`).
 """
 
@@ -47,22 +55,25 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from towerrec.rerank.grounding import (
-    SENTENCE_END,
+from towerrec.rerank.constraints import Allowance, AnswerNoRepeat, SentencesDone, TermConstraint, TokenIndex
+from towerrec.rerank.faithful import TemplateWriter
+from towerrec.rerank.grounding import Explanation, GroundingReport, check_grounded, postprocess
+from towerrec.rerank.prompts import FENCE, cap_tokens, clean_text, strip_special_tokens
+from towerrec.rerank.vocabulary import (
     STOPWORDS,
-    GroundingReport,
     Vocabulary,
-    check_grounded,
     field_text,
     fold,
     item_fields,
-    postprocess,
     price_text,
+    short_title,
     term_key,
     title_lead,
 )
-from towerrec.rerank.prompts import FENCE, cap_tokens, clean_text, strip_special_tokens
 from towerrec.utils.io import check_fields, check_positive
+
+__all__ = ["ExplainConfig", "Explainer", "Explanation", "AnswerNoRepeat", "SentencesDone", "MODES", "EXAMPLE",
+           "EXAMPLE_WORDS", "short_title"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +96,7 @@ EXAMPLE_WORDS = ("trail", "running", "run", "runner", "jogging", "hiking", "walk
 # share) are found in its data: see `ignore_category_share`
 DEFAULT_IGNORE_TERMS = ("tools", "supplies", "products", "accessories", "parts", "equipment", "kits", "sets", "other",
                         "general")
+MODES = ("free", "template")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +117,8 @@ class ExplainConfig:
     title_tokens: int = 20  # so is the product's title
     hide_numbers: bool = True  # shown titles drop their words with digits (sizes, counts, part numbers)
     numbers_from_history: bool = False
-    explain_prefix: str = "Since you bought"  # the answer starts with this (empty: no prefix)
+    explain_prefix: str = "Since you bought the {history},"  # the answer's opening ({history}: the purchase the
+    # LM finds most related, `faithful.TemplateWriter.purchases`; empty: no prefix)
     describe_prefix: str = ""
     ignore_terms: tuple[str, ...] = DEFAULT_IGNORE_TERMS
     ignore_category_share: float | None = 0.5  # names in the category of more than this share of the items
@@ -114,6 +127,10 @@ class ExplainConfig:
     describe_task: str = DESCRIBE_TASK
     strict_rules: str = STRICT_RULES
     one_shot: bool = True  # show one worked example (a made-up shop) before the real request
+    mode: str = "template"  # template: LM-chosen facts in a template; free: LM-written, checked, regenerated or refused
+    constrain: bool = True  # free mode: decoding cannot complete a name, attribute or number the check would flag
+    template_language: str = "en"  # template mode: the entry of `towerrec.rerank.templates.TEMPLATES`
+    attribute_max_share: float | None = 0.1  # attribute words: in at most this share of the items (null: none)
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> ExplainConfig:
@@ -128,27 +145,18 @@ class ExplainConfig:
         if cfg.history_items < 0 or cfg.no_repeat_ngram < 0:
             raise ValueError(f"rerank.explain.history_items and no_repeat_ngram must be >= 0, got "
                              f"{cfg.history_items}, {cfg.no_repeat_ngram}")
-        share = cfg.ignore_category_share
-        if share is not None and not 0 < share <= 1:
-            raise ValueError(f"rerank.explain.ignore_category_share must be in (0, 1] or null, got {share}")
+        for name in ("ignore_category_share", "attribute_max_share"):
+            share = getattr(cfg, name)
+            if share is not None and not 0 < share <= 1:
+                raise ValueError(f"rerank.explain.{name} must be in (0, 1] or null, got {share}")
+        if cfg.mode not in MODES:
+            raise ValueError(f"rerank.explain.mode must be one of {MODES}, got {cfg.mode!r}")
+        from towerrec.rerank.templates import TEMPLATES
+
+        if cfg.template_language not in TEMPLATES:
+            raise ValueError(f"rerank.explain.template_language must be one of {sorted(TEMPLATES)}, got "
+                             f"{cfg.template_language!r}")
         return cfg
-
-
-@dataclasses.dataclass(frozen=True)
-class Explanation:
-    text: str | None  # None: refused (every attempt was ungrounded or malformed)
-    grounded: bool
-    flagged: list[str]  # what the rejected attempts named without grounds ("malformed" for unusable output)
-    attempts: int
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def short_title(title: str) -> str:
-    """The title's lead when it has 2+ words, else the title."""
-    lead = title_lead(title)
-    return lead if len(lead.split()) >= 2 else title
 
 
 def _short_category(category: str, max_chars: int) -> str:
@@ -161,37 +169,15 @@ def _short_category(category: str, max_chars: int) -> str:
     return tail[space + 1 :] if 0 <= space < max_chars * 0.4 else tail
 
 
-class AnswerNoRepeat:
-    """Logits processor: ban a token that would repeat an n-gram of the answer so far (tokens after `start`).
-    Unlike transformers' no_repeat_ngram_size it ignores the prompt, so names can still be copied from it."""
+def prompt_prose(cfg: ExplainConfig) -> list[str]:
+    """The Explainer's own words (instructions, the worked example's prose, the templates): never attribute
+    words, so that copying the instructions is not flagged (the example's subject words are names instead)."""
+    from towerrec.rerank.templates import template_words
 
-    def __init__(self, start: int, n: int):
-        self.start, self.n = start, n
-
-    def __call__(self, input_ids, scores):  # input_ids (B, T), scores (B, V)
-        answer = input_ids[:, self.start :].tolist()
-        for row, tokens in enumerate(answer):
-            if len(tokens) < self.n:
-                continue
-            prefix = tuple(tokens[len(tokens) - self.n + 1 :])
-            banned = {tokens[i + self.n - 1] for i in range(len(tokens) - self.n + 1)
-                      if tuple(tokens[i : i + self.n - 1]) == prefix}
-            if banned:
-                scores[row, list(banned)] = -float("inf")
-        return scores
-
-
-class SentencesDone:
-    """Stopping criterion: a row is done once its answer (tokens after `start`) holds `n` complete sentences."""
-
-    def __init__(self, tokenizer, start: int, n: int):
-        self.tokenizer, self.start, self.n = tokenizer, start, n
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
-        return torch.tensor([len(SENTENCE_END.findall(t)) >= self.n for t in texts], device=input_ids.device)
+    _, _, why, copy = EXAMPLE
+    return [cfg.system, cfg.explain_task, cfg.describe_task, cfg.strict_rules,
+            cfg.explain_prefix.replace("{history}", ""),
+            cfg.describe_prefix, why, copy, *template_words()]
 
 
 class Explainer:
@@ -205,9 +191,7 @@ class Explainer:
             vocabulary = vocabulary.with_terms("example", [*titles, *(title_lead(v) for v in product.values()),
                                                            *EXAMPLE_WORDS])
         self.vocabulary = vocabulary
-        self._digit_ids: list[int] | None = None
-        self._word_ids: dict[str, list[int]] | None = None
-        self._layout_ids: list[int] | None = None
+        self._writer = None  # template mode's TemplateWriter, built on first use
         stop = {tokenizer.eos_token_id}
         im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
@@ -220,7 +204,8 @@ class Explainer:
         cfg = cfg if isinstance(cfg, ExplainConfig) else ExplainConfig.from_dict(cfg)
         items = artifact if isinstance(artifact, pd.DataFrame) else artifact.items
         vocabulary = Vocabulary.from_items(items, ignore_terms=cfg.ignore_terms,
-                                           ignore_category_share=cfg.ignore_category_share)
+                                           ignore_category_share=cfg.ignore_category_share,
+                                           attribute_max_share=cfg.attribute_max_share, prose=prompt_prose(cfg))
         return cls(model, tokenizer, cfg, vocabulary)
 
     # ---- prompts ---------------------------------------------------------------------------------------
@@ -249,14 +234,14 @@ class Explainer:
         """Words of the answer that look like a data word mangled ("HATCHBOY" for "HATCHBOX", "Uxcel" for
         "uxcell"): not in the data, not a whole word of the LM's vocabulary, and close to a data word (difflib
         ratio >= 0.8). A mangled name is a name the data do not have, so it counts as ungrounded."""
-        if len(self._word_token_ids()) < 1000:  # a byte or character tokenizer knows no words: no verdict
+        if len(self.tokens.words) < 1000:  # a byte or character tokenizer knows no words: no verdict
             return []
         data = {w for w in re.findall(r"[a-z]+", " ".join(item_fields(item) + [t for h in history
                                                                               for t in item_fields(h)]).lower())}
         out = []
         for word in dict.fromkeys(re.findall(r"[A-Za-z]+", text)):
             low = word.lower()
-            if len(low) < 4 or low in data or fold(low) in self._word_token_ids():
+            if len(low) < 4 or low in data or fold(low) in self.tokens.words:
                 continue
             if any(len(d) >= 4 and difflib.SequenceMatcher(None, low, d).ratio() >= 0.8 for d in data):
                 out.append(word)
@@ -265,11 +250,11 @@ class Explainer:
     def gibberish(self, text: str, history: Sequence[Mapping], item: Mapping) -> bool:
         """True when over 30% (and at least 2) of the answer's longer words are neither in the data nor whole
         words of the LM's vocabulary: made-up strings such as "izlac izlaco izlal"."""
-        if len(self._word_token_ids()) < 1000:  # a byte or character tokenizer knows no words: no verdict
+        if len(self.tokens.words) < 1000:  # a byte or character tokenizer knows no words: no verdict
             return False
         known = set(term_key(" ".join(item_fields(item) + [t for h in history for t in item_fields(h)])))
         words = [fold(w) for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 4]
-        unknown = [w for w in words if w not in known and w not in self._word_token_ids()]
+        unknown = [w for w in words if w not in known and w not in self.tokens.words]
         return len(unknown) >= 2 and len(unknown) > 0.3 * len(words)
 
     def _history_block(self, history: Sequence[Mapping]) -> list[str]:
@@ -314,64 +299,40 @@ class Explainer:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
 
     # ---- decoding --------------------------------------------------------------------------------------
-    def _banned(self, flagged: Sequence[str], history: Sequence[Mapping], item: Mapping) -> list[list[int]]:
-        """Token sequences decoding may not produce: the flagged names (common spellings), every whole-word
-        token of their words that neither the history nor the item uses ("run", " runs", " Run"), and, when
-        a number was flagged, every token holding a digit."""
-        banned: set[tuple[int, ...]] = set()
-        source_words = set(term_key(" ".join(item_fields(item) + [t for h in history for t in item_fields(h)])))
+    @property
+    def tokens(self) -> TokenIndex:
+        """The tokenizer's tokens by word, digits and layout (built once per tokenizer)."""
+        return TokenIndex.of(self.tokenizer)
+
+    def allowance(self, history: Sequence[Mapping], item: Mapping, flagged: Sequence[str] = ()) -> Allowance:
+        """What decoding may name for this request (`constraints.Allowance`), less what `flagged` (the earlier
+        attempts' flags) names: the words of a flagged name, attribute, claim or misspelling that the data do
+        not use; every digit after a flagged number."""
+        source = set(term_key(" ".join(item_fields(item) + [t for h in history for t in item_fields(h)])))
+        forbid = set()
         for flag in flagged:
             kind, _, name = flag.partition(": ")
-            if kind == "number":
-                banned.update((i,) for i in self._digit_token_ids())
-                continue
-            if kind not in ("brand", "category", "product", "example", "misspelled"):
-                continue
-            for variant in {name, name.lower(), name.title(), name.upper()}:
-                for spelled in (variant, " " + variant):
-                    ids = self.tokenizer.encode(spelled, add_special_tokens=False)
-                    if ids:
-                        banned.add(tuple(ids))
-            for word in term_key(name):
-                if len(word) >= 3 and word not in STOPWORDS and word not in source_words:
-                    banned.update((i,) for i in self._word_token_ids().get(word, ()))
-        return [list(b) for b in sorted(banned)]
-
-    def _word_token_ids(self) -> dict[str, list[int]]:
-        """Folded lowercase word -> ids of the tokens that spell exactly that word (any case, leading space)."""
-        if self._word_ids is None:
-            index: dict[str, list[int]] = {}
-            for token, i in self.tokenizer.get_vocab().items():
-                text = self.tokenizer.convert_tokens_to_string([token]).strip().lower()
-                if text.isalpha():
-                    index.setdefault(fold(text), []).append(i)
-            self._word_ids = index
-        return self._word_ids
-
-    def _layout_token_ids(self) -> list[int]:
-        """Tokens holding a newline or a backtick (never part of a one-line answer; special tokens excluded)."""
-        if self._layout_ids is None:
-            special = set(self.tokenizer.all_special_ids)
-            self._layout_ids = sorted(i for t, i in self.tokenizer.get_vocab().items() if i not in special and any(
-                c in "\n\r`" for c in self.tokenizer.convert_tokens_to_string([t])))
-        return self._layout_ids
-
-    def _digit_token_ids(self) -> list[int]:
-        if self._digit_ids is None:
-            vocab = self.tokenizer.get_vocab()
-            self._digit_ids = sorted(i for t, i in vocab.items()
-                                     if any(c.isdigit() for c in self.tokenizer.convert_tokens_to_string([t])))
-        return self._digit_ids
+            if kind in ("brand", "category", "product", "example", "misspelled", "attribute"):
+                forbid.update(w for w in term_key(name) if len(w) >= 3 and w not in STOPWORDS and w not in source)
+            elif kind == "claim":  # the words the shopper never bought: the history's stay allowed
+                bought = set(term_key(" ".join(t for h in history for t in item_fields(h, with_price=False))))
+                forbid.update(w for w in term_key(name) if len(w) >= 3 and w not in STOPWORDS and w not in bought)
+        return Allowance.for_request(self.vocabulary, history, item, numbers_from_history=self.cfg.numbers_from_history,
+                                     forbid=forbid, no_digits=any(f.startswith("number:") for f in flagged))
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, banned: list[list[int]] | None = None,
-                 max_sentences: int | None = None) -> list[str]:
+                 max_sentences: int | None = None, allowances: Sequence[Allowance] | None = None,
+                 prefix: str | Sequence[str] = "") -> list[str]:
         """Greedy continuations of chat prompts (batched, left-padded), decoded without special tokens; a row
-        stops at end of turn, after `max_sentences` complete sentences, or at `max_new_tokens`."""
-        ids = self.generate_ids(prompts, max_new_tokens, banned, max_sentences)
+        stops at end of turn, after `max_sentences` complete sentences, or at `max_new_tokens`. `banned`: token
+        sequences never generated; `allowances`: one per prompt, what the answer (after `prefix`, its fixed
+        opening in the prompt, one for all or one per prompt) may name (`constraints.TermConstraint`)."""
+        ids = self.generate_ids(prompts, max_new_tokens, banned, max_sentences, allowances, prefix)
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     def generate_ids(self, prompts: Sequence[str], max_new_tokens: int, banned: list[list[int]] | None = None,
-                     max_sentences: int | None = None) -> list[list[int]]:
+                     max_sentences: int | None = None, allowances: Sequence[Allowance] | None = None,
+                     prefix: str | Sequence[str] = "") -> list[list[int]]:
         """`generate`'s new token ids per prompt (padding after a finished row removed)."""
         import torch
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
@@ -380,13 +341,17 @@ class Explainer:
         enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         device = next(self.model.parameters()).device
         enc = {k: v.to(device) for k, v in enc.items()}  # input_ids, attention_mask: (B, T)
-        never = [[i] for i in self._layout_token_ids()]  # an answer is one line of prose: no newline, no fence
+        never = [[i] for i in self.tokens.layout_ids]  # an answer is one line of prose: no newline, no fence
         gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                pad_token_id=tok.pad_token_id, eos_token_id=self._stop_ids,
                                bad_words_ids=(list(banned or []) + never) or None)
         start = enc["input_ids"].shape[1]
         processors = LogitsProcessorList([AnswerNoRepeat(start, self.cfg.no_repeat_ngram)]
                                          if self.cfg.no_repeat_ngram else [])
+        if allowances is not None:
+            if len(allowances) != len(prompts):
+                raise ValueError(f"{len(allowances)} allowances for {len(prompts)} prompts")
+            processors.append(TermConstraint(tok, self.vocabulary, allowances, start, prefix))
         stops = StoppingCriteriaList([SentencesDone(tok, start, max_sentences or self.cfg.max_sentences)])
         adapter_off = getattr(self.model, "disable_adapter", None)  # a peft model: explain with the base LM
         ctx = adapter_off() if callable(adapter_off) else contextlib.nullcontext()
@@ -397,7 +362,7 @@ class Explainer:
 
     # ---- explain / describe ----------------------------------------------------------------------------
     def _run(self, history: Sequence[Mapping], items: Sequence[Mapping], task: str, max_new_tokens: int,
-             max_sentences: int, prefix: str = "") -> list[Explanation]:
+             max_sentences: int, prefixes: Sequence[str]) -> list[Explanation]:
         cfg = self.cfg
         results: list[Explanation | None] = [None] * len(items)
         flagged: list[list[str]] = [[] for _ in items]
@@ -405,18 +370,20 @@ class Explainer:
         for attempt in range(1, cfg.max_attempts + 1):
             if not pending:
                 break
-            if attempt == 1:  # one batched pass over all items
-                prompts = [self.prompt(history, items[i], task, prefix=prefix) for i in pending]
-                outputs = self.generate(prompts, max_new_tokens, max_sentences=max_sentences)
-            else:  # stricter prompt, this item's flagged names banned: one at a time
-                outputs = [self.generate([self.prompt(history, items[i], task, strict=True, prefix=prefix)],
-                                         max_new_tokens, self._banned(flagged[i], history, items[i]),
-                                         max_sentences)[0]
+            if attempt == 1:  # one batched pass over all items, constrained unless `constrain` is off
+                prompts = [self.prompt(history, items[i], task, prefix=prefixes[i]) for i in pending]
+                allow = [self.allowance(history, items[i]) for i in pending] if cfg.constrain else None
+                outputs = self.generate(prompts, max_new_tokens, max_sentences=max_sentences, allowances=allow,
+                                        prefix=[prefixes[i] for i in pending])
+            else:  # stricter prompt, this item's flagged words banned too: one at a time
+                outputs = [self.generate([self.prompt(history, items[i], task, strict=True, prefix=prefixes[i])],
+                                         max_new_tokens, max_sentences=max_sentences, prefix=prefixes[i],
+                                         allowances=[self.allowance(history, items[i], flagged[i])])[0]
                            for i in pending]
-            outputs = [prefix + out for out in outputs]
+            outputs = [prefixes[i] + out for i, out in zip(pending, outputs)]
             still = []
             for i, raw in zip(pending, outputs):
-                text = postprocess(raw, max_sentences, cfg.max_chars)
+                text = postprocess(raw, max_sentences, cfg.max_chars, prefix=prefixes[i])
                 if text is not None and self.gibberish(text, history, items[i]):
                     text = None
                 log.debug("attempt %d, item %d: %r -> %r", attempt, i, raw, text)
@@ -439,11 +406,32 @@ class Explainer:
             results[i] = Explanation(None, False, list(dict.fromkeys(flagged[i])), cfg.max_attempts)
         return results  # type: ignore[return-value]
 
+    @property
+    def writer(self):
+        """Template mode's `faithful.TemplateWriter` (built on first use)."""
+        if self._writer is None:
+            self._writer = TemplateWriter(self)
+        return self._writer
+
     def explain_many(self, history: Sequence[Mapping], items: Sequence[Mapping]) -> list[Explanation]:
         """An explanation per item for one shopper (first attempts batched)."""
         cfg = self.cfg
-        prefix = cfg.explain_prefix if history else ""  # nothing bought yet: no "Since you bought"
-        return self._run(history, items, cfg.explain_task, cfg.max_new_tokens, cfg.max_sentences, prefix)
+        if cfg.mode == "template":
+            return self.writer.explain_many(history, items)
+        return self._run(history, items, cfg.explain_task, cfg.max_new_tokens, cfg.max_sentences,
+                         self.explain_prefixes(history, items))
+
+    def explain_prefixes(self, history: Sequence[Mapping], items: Sequence[Mapping]) -> list[str]:
+        """Each answer's fixed opening: `explain_prefix`, its {history} the purchase that best supports the item
+        (the LM's choice, `faithful.TemplateWriter.purchases`); none when nothing was bought yet."""
+        cfg = self.cfg
+        if not history:
+            return [""] * len(items)
+        if "{history}" not in cfg.explain_prefix:
+            return [cfg.explain_prefix] * len(items)
+        bare = cfg.explain_prefix.split("{history}")[0].rstrip(" ,").removesuffix(" the").removesuffix(" a")
+        return [cfg.explain_prefix.format(history=title) if title else bare
+                for _, title in self.writer.purchases(history, items)]
 
     def explain(self, history: Sequence[Mapping], item: Mapping) -> Explanation:
         """Why `item` suits a shopper with this `history` (dicts, oldest first): <= max_sentences, grounded or
@@ -453,5 +441,7 @@ class Explainer:
     def describe(self, history: Sequence[Mapping], item: Mapping) -> Explanation:
         """Personalized product copy for `item`, grounded in its own fields (same check, regenerate or refuse)."""
         cfg = self.cfg
+        if cfg.mode == "template":
+            return self.writer.describe(history, item)
         return self._run(history, [item], cfg.describe_task, cfg.describe_max_new_tokens, cfg.describe_max_sentences,
-                         cfg.describe_prefix)[0]
+                         [cfg.describe_prefix])[0]

@@ -22,6 +22,10 @@ what it computes alone (up to floating-point rounding; tests compare in float32)
 length before batching to keep padding low. Forward passes run under `torch.inference_mode()` and ask the
 model for the last position's logits only (`logits_to_keep=1`).
 
+Continuations. `continuation_logprobs(model, tokenizer, prefix, continuations)` gives the log-probability of
+each continuation's tokens after one prefix, whose KV cache all of them share (explanations' template mode
+scores its options with it, `towerrec.rerank.faithful`).
+
 Inputs are rendered texts (`prompts.render_items`): `histories[u]` oldest first, `candidates[u]` in
 retrieval order; outputs are one float64 array of scores per user, aligned with `candidates[u]`.
 """
@@ -240,3 +244,29 @@ def make_scorer(method: str, model, tokenizer, prompt_cfg: P.PromptConfig, *, pe
     if method == "pointwise":
         return PointwiseScorer(model, tokenizer, prompt_cfg, batch_size=batch_size * 4, user_batch_size=user_batch_size)
     raise ValueError(f"rerank.scorer must be one of {SCORERS}, got {method!r}")
+
+
+@torch.inference_mode()
+def continuation_logprobs(model, tokenizer, prefix: str, continuations: Sequence[str]) -> list[np.ndarray]:
+    """Per continuation, the (L_c,) float64 log-probabilities of its tokens after `prefix`: the prefix runs once
+    and its KV cache is shared by every continuation (one batch, right-padded)."""
+    pre = tokenizer.encode(prefix, add_special_tokens=False)
+    rows = [tokenizer.encode(c, add_special_tokens=False) for c in continuations]
+    if not rows:
+        return []
+    ids = torch.tensor([pre], dtype=torch.long)  # (1, P)
+    first, kv = _forward_last(model, ids, torch.ones_like(ids), None, None, keep_cache=True)  # (1, V), cache
+    n, length = len(rows), max(1, max(len(r) for r in rows))
+    c_ids = torch.full((n, length), tokenizer.pad_token_id, dtype=torch.long)  # (N, L) right-padded
+    c_mask = torch.zeros((n, length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        c_ids[i, : len(r)], c_mask[i, : len(r)] = torch.tensor(r, dtype=torch.long), 1
+    device = _model_device(model)
+    past = DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])  # (N, H, P, Dh)
+    out = model(input_ids=c_ids.to(device), attention_mask=torch.cat([torch.ones((n, len(pre)), dtype=torch.long),
+                                                                      c_mask], 1).to(device),
+                position_ids=(len(pre) + torch.arange(length)).expand(n, -1).to(device), past_key_values=past,
+                use_cache=False)
+    logits = torch.cat([first.expand(n, -1)[:, None, :], out.logits[:, :-1, :].float()], 1)  # (N, L, V): before each
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, c_ids.to(device)[:, :, None])[:, :, 0]  # (N, L)
+    return [logp[i, : len(r)].double().cpu().numpy() for i, r in enumerate(rows)]
