@@ -122,7 +122,7 @@ class SequenceTower:
         out = np.empty((n, self.dim), dtype=np.float32)
         for start in range(0, n, batch_size):
             w = torch.from_numpy(trim_padding(windows[start : start + batch_size])[0])  # (b, L'): no all-pad slots
-            x = table[w.clamp_min(0)]  # (b, L, D)
+            x = table[w.clamp_min(0)]  # (b, L', D)
             slots = w == QUERY_SLOT
             if slots.any():
                 rows = [i for i in range(start, min(start + batch_size, n)) if queries[i]]

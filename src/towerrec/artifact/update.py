@@ -1,5 +1,6 @@
 """Keep an artifact up to date without retraining: add or replace products (embedded by the stored product
-tower), remove products, rebuild the index with another configuration, replace the recorded metrics. Each change is a new atomic version of the directory.
+tower), remove products, rebuild the index with another configuration, replace the recorded metrics. Each
+change is a new atomic version of the directory.
 
 A sequence artifact embeds products by its product text path (text encoder -> adapter, no id embedding: a
 product added later is unseen, and can then appear in histories like any other); an id-only one (model.text

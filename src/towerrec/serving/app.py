@@ -232,15 +232,15 @@ def create_app(cfg: ServeConfig, *, service: RecommendationService | None = None
                                                  "symlink there at the new version) and reload it")
         try:
             result = service.reload(path)
-            if reload_all is not None:
-                reload_all()
-                result["workers"] = cfg.workers
-            return result
         except ReloadInProgress as e:
             return JSONResponse({"detail": str(e)}, status_code=409)
         except (OSError, ValueError) as e:  # ArtifactError is a ValueError; OSError: e.g. a name too long
             raise InvalidField(("body", "path"), f"the artifact was not loaded (the served one stays): "
                                                  f"{load_error(e, path or service.holder.path)}") from e
+        if reload_all is not None:  # this worker serves it: now every worker (a rolling restart)
+            reload_all()
+            result["workers"] = cfg.workers
+        return result
 
     app.router.add_api_route(
         "/admin/reload", reload, methods=["POST"], response_model=S.ReloadResponse, tags=["ops"],

@@ -67,8 +67,7 @@ class ServeConfig:
 
     def __post_init__(self):
         for name in ("max_body_bytes", "max_k", "max_history", "max_text_chars", "max_id_chars", "threads",
-                     "workers", "worker_timeout_s", "worker_threads",
-                     "embed_batch_size"):
+                     "workers", "worker_timeout_s", "worker_threads", "embed_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"service.{name} must be at least 1, got {getattr(self, name)}")
         if self.gc_thresholds is not None:

@@ -91,7 +91,7 @@ class RecommendationService:
         if cfg.embed_batch_size > 1:
             self.batcher = EmbeddingBatcher(cfg.embed_batch_size, cfg.embed_batch_wait_ms,
                                             on_batch=self.metrics.embed_batch.observe)
-        self.release_delay_s = 1.0  # after a reload swap, how long until the replaced state is collected
+        self.release_delay_s = 1.0  # after a reload swap, how long until the freed heap is handed back (release_memory)
         self.rerank_stage = BudgetedStage("rerank", cfg.rerank.max_concurrent)
         self.explain_stage = BudgetedStage("explain", cfg.explain.max_concurrent)
 
