@@ -437,7 +437,8 @@ def test_short_histories_are_embedded_without_their_padding_slots(run):
         w = torch.from_numpy(windows)
         full = tower.module(torch.from_numpy(art.embeddings)[w.clamp_min(0)], w != -1)[:, -1].numpy()
     seen = []
-    hook = tower.module.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+    last_layer = tower.module.transformer.layers[-1]  # runs on the (trimmed) window in either path
+    hook = last_layer.norm1.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
     try:
         got = tower.embed_histories(windows, art.embeddings)
     finally:

@@ -45,6 +45,20 @@ def test_no_slot_sees_a_later_item():
     assert not torch.allclose(before[-2:], after[-2:])
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_newest_slot_path_equals_the_full_forward(layers):
+    torch.manual_seed(layers)
+    tower = SequenceUserTower(16, 8, layers=layers, heads=2, dropout=0.3).eval()
+    table = torch.randn(30, 16)
+    w = windows([[3], [4, 5, 6], [1, 2, 3, 4, 5, 6, 7, 8], [9, 9, 2]])
+    real = w >= 0
+    full = tower(table[w.clamp_min(0)], real)[:, -1]  # every slot through every layer
+    torch.testing.assert_close(tower.newest(table[w.clamp_min(0)], real), full)
+    torch.testing.assert_close(tower.embed_windows(table, w), full)
+    tower.train()  # training keeps the full path (dropout, every slot's output)
+    assert tower.embed_windows(table, w).shape == full.shape
+
+
 def test_padding_does_not_change_a_users_vector():
     model = make_model(item_ids=True)
     history = [2, 9, 4]

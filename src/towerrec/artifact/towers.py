@@ -128,7 +128,7 @@ class SequenceTower:
                 rows = [i for i in range(start, min(start + batch_size, n)) if queries[i]]
                 q = np.stack([np.asarray(query_vectors[i], dtype=np.float32).reshape(-1) for i in rows])
                 x[slots] = torch.from_numpy(q)  # one query slot per such row, in row order
-            out[start : start + len(w)] = self.module(x, w != -1)[:, -1].numpy()
+            out[start : start + len(w)] = self.module.user(x, w != -1).numpy()
         return out
 
 
