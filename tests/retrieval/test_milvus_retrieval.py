@@ -55,14 +55,20 @@ def filters(artifact) -> list[ItemFilter | None]:
             ItemFilter("No such category")]
 
 
-def test_one_user_at_a_time_gives_faiss_answers_under_every_filter(milvus, faiss_retriever, users, artifact):
+def test_one_user_at_a_time_gives_faiss_answers_under_every_filter(milvus, faiss_retriever, users, artifact, request):
     vecs, seen = users
+    exact = request.node.callspec.params["milvus"] == "flat"  # HNSW is approximate (its graph build is threaded)
     for f in filters(artifact):
         for vec, excl in zip(vecs, seen):
             want = faiss_retriever.search(vec[None], 10, [excl], item_filter=f)[0]
             got = milvus.search(vec[None], 10, [excl], item_filter=f)[0]
-            assert ranked_ids(got) == ranked_ids(want), f
-            np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
+            if exact:
+                assert ranked_ids(got) == ranked_ids(want), f
+                np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
+            else:  # at most one of the ten missed, and every answer with its exact score
+                assert len(set(ranked_ids(got)) & set(ranked_ids(want))) >= len(want) - 1, f
+                exact_scores = dict(faiss_retriever.search(vec[None], 10_000, [excl], item_filter=f)[0])
+                np.testing.assert_allclose([s for _, s in got], [exact_scores[r] for r, _ in got], atol=1e-5)
             assert not {r for r, _ in got} & excl
     assert milvus.exact_fallbacks == 0  # Milvus itself supplied every answer
 
