@@ -167,12 +167,16 @@ class SequenceUserTower(nn.Module):
         nn.init.zeros_(self.projection.bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, item_vectors: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """item_vectors (B, L, D), real (B, L) bool (False = padding) -> (B, L, D): slot t sees slots <= t."""
+    def inputs(self, item_vectors: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """item_vectors (B, L, D), real (B, L) -> (B, L, D): padding zeroed, plus each slot's position embedding."""
         length = item_vectors.shape[1]
         if length > self.max_len:
             raise ValueError(f"a history window of {length} items is longer than model.max_len={self.max_len}")
-        x = item_vectors * real[..., None] + self.positions.weight[self.max_len - length :]  # (B, L, D)
+        return item_vectors * real[..., None] + self.positions.weight[self.max_len - length :]
+
+    def forward(self, item_vectors: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """item_vectors (B, L, D), real (B, L) bool (False = padding) -> (B, L, D): slot t sees slots <= t."""
+        x = self.inputs(item_vectors, real)  # (B, L, D)
         x = self.transformer(self.dropout(x), mask=attention_mask(real, self.heads))  # (B, L, D)
         return F.normalize(self.projection(self.norm(x)), dim=-1)
 
@@ -197,11 +201,8 @@ class SequenceUserTower(nn.Module):
     def newest(self, item_vectors: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """`forward(...)[:, -1]` in eval mode, the last layer computed for the newest slot alone: its keys and
         values still read every slot, but its query, output projection and feed-forward run on one slot of L
-        (a 1-layer tower over 5-item windows: about a third of the work). The newest slot must be real."""
-        length = item_vectors.shape[1]
-        if length > self.max_len:
-            raise ValueError(f"a history window of {length} items is longer than model.max_len={self.max_len}")
-        x = item_vectors * real[..., None] + self.positions.weight[self.max_len - length :]  # (B, L, D)
+        (bench/user_tower.py). The newest slot must be real."""
+        x = self.inputs(item_vectors, real)  # (B, L, D)
         *lower, last = self.transformer.layers
         if lower:
             mask = attention_mask(real, self.heads)  # (B * heads, L, L)
