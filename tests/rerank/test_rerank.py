@@ -444,6 +444,44 @@ def test_rerank_dir_merges_a_lora_adapter(tiny_lm, tmp_path):
     assert np.abs(plain - expected).max() > 1e-3
 
 
+def test_int8_quantizes_the_decoder_and_keeps_the_scores_and_the_adapter(tiny_lm, tmp_path):
+    """rerank.dtype=int8: every decoder Linear becomes a dynamically quantized int8 one, the output head stays
+    float; scores stay close to float32's; a LoRA adapter is merged before quantizing (it still changes them)."""
+    from peft import LoraConfig, get_peft_model
+    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+
+    sizes = {"random_init": {"hidden_size": 64, "intermediate_size": 128}}
+    model, tok = lm_mod.load_lm({**TINY, **sizes, "dtype": "int8"})
+    linears = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
+    quantized = [m for m in model.model.modules() if isinstance(m, QLinear)]
+    assert not linears and len(quantized) == 2 * 7  # q, k, v, o, gate, up, down per layer
+    assert type(model.lm_head) is torch.nn.Linear and model.lm_head.weight.dtype == torch.float32
+    settings = RerankSettings.from_config({**TINY, **sizes, "top_n": 6})
+    hists, cands = [[product(9, "Drill")], [product(7, "Saw"), product(8, "Tape")]], [candidates(6), candidates(5)]
+    full = Reranker(lm_mod.load_lm({**TINY, **sizes})[0], tok, settings).lm_scores(hists, cands)
+    int8 = Reranker(model, tok, settings).lm_scores(hists, cands)
+    for a, b in zip(full, int8):
+        np.testing.assert_allclose(b, a, atol=0.05)
+        assert not np.array_equal(a, b)  # really another kernel
+
+    base, _ = lm_mod.load_lm({**TINY, **sizes})
+    torch.manual_seed(0)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    tuned = Reranker.from_config({**TINY, **sizes, "top_n": 6, "adapter": str(tmp_path / "adapter")})
+    tuned_int8 = Reranker.from_config({**TINY, **sizes, "top_n": 6, "dtype": "int8",
+                                       "adapter": str(tmp_path / "adapter")})
+    a, b = tuned.lm_scores(hists, cands)[0], tuned_int8.lm_scores(hists, cands)[0]
+    np.testing.assert_allclose(b, a, atol=0.05)
+    assert np.abs(a - full[0]).max() > 0.05  # the adapter moves the scores more than int8 does
+
+    with pytest.raises(ValueError, match="rerank.dtype='int8' is a CPU kernel"):
+        lm_mod.resolve_dtype("int8", torch.device("cuda"))
+
+
 # ------------------------------------------------------------------------------------------- evaluation
 
 

@@ -10,7 +10,11 @@ excluded (-inf), so every metric (Recall/NDCG/MRR@K, coverage, novelty, ...) is 
 
 Methods: `retrieval` (retrieval order), `lm` (the zero-shot LM score alone; ties in retrieval order), `fused`
 (fusion of both with the weight tuned on the validation users, grid including 0), and with an adapter,
-`finetuned_lm` / `finetuned_fused` (its own weight tuned the same way).
+`finetuned_lm` / `finetuned_fused` (its own weight tuned the same way). `report["bootstrap"][method]`: the
+method's relative test NDCG@10 gain over retrieval with a paired bootstrap 95% interval over the test users.
+
+`head_lists` gives the training lists of `rerank.scorer=head`'s CandidateHead: the validation-stage lists of
+other users (`head_users`: never the sampled evaluation users), the LM frozen.
 
     report = evaluate_rerank(cfg.rerank, retriever, split, cfg.eval)            # dict, see below
     python bench/rerank.py quality --valid-users 300 --test-users 1000           # the Scientific figures
@@ -33,6 +37,7 @@ import torch
 from towerrec import evaluation
 from towerrec.data.splits import Examples, Split
 from towerrec.rerank import fusion
+from towerrec.rerank.head import HeadFeatures
 from towerrec.rerank.reranker import Reranker, RerankSettings
 from towerrec.retrieval import Retriever
 from towerrec.utils.io import to_plain
@@ -197,13 +202,59 @@ def evaluate_rerank(rerank_cfg, retriever: Retriever, split: Split, eval_cfg: Ma
                  len(stages["valid"].users), weight, metric, grid[0.0], grid[weight])
         report["fusion"][f"{name}weight"] = weight
         report["fusion"][f"{name}grid"] = {str(w): v for w, v in grid.items()}
+        test = stages["test"]
+        base = per_user_ndcg(test, _method_orders(test, None, None, ""), k)
         for method, w in ((f"{name}lm", None), (f"{name}fused", weight)):
             metrics[method] = {}
             for stage, cands in stages.items():
                 orders = _method_orders(cands, lm[stage], w, settings.normalize)
                 metrics[method].update(prefixed(stage, harness_metrics(cands, orders, split, catalog, eval_cfg)))
+            report.setdefault("bootstrap", {})[method] = paired_bootstrap(
+                base, per_user_ndcg(test, _method_orders(test, lm["test"], w, settings.normalize), k))
         del model
     return report
+
+
+def head_users(num_total: int, num_users: int, seed: int, exclude: np.ndarray) -> np.ndarray:
+    """Sorted indices of `num_users` users out of `num_total` outside `exclude` (the evaluation users), seeded."""
+    free = np.setdiff1d(np.arange(num_total), exclude)
+    if num_users > len(free):
+        raise ValueError(f"{num_users} head-training users asked for, only {len(free)} are outside the "
+                         "evaluation users")
+    return np.sort(np.random.default_rng(seed).choice(free, size=num_users, replace=False))
+
+
+def head_lists(reranker: Reranker, retriever: Retriever, split: Split, users: np.ndarray, progress: bool = True
+               ) -> tuple[list[np.ndarray], list[int]]:
+    """Training lists of `rerank.scorer=head`: `users`' validation-stage top_n (history items excluded, as in
+    evaluation) as HeadFeatures of `reranker`'s frozen LM, and each list's target slot (-1: not retrieved).
+    Pass users outside the evaluation users (`head_users`); train with `head.train_head`."""
+    catalog = _Catalog(retriever, split)
+    cands = retrieve(retriever, split, "valid", users, reranker.settings.top_n, catalog)
+    feats = HeadFeatures(reranker.model, reranker.tokenizer, reranker.settings.prompt, reranker.settings.batch_size)
+    histories = [reranker.render([catalog.item(i) for i in h]) for h in cands.histories]
+    candidates = [reranker.render([catalog.item(i) for i in items]) for items in cands.items]
+    return feats.features(histories, candidates, progress=progress), cands.target_slots()
+
+
+def per_user_ndcg(cands: Candidates, orders: list[np.ndarray], k: int = 10) -> np.ndarray:
+    """(U,) NDCG@k of each user's target when its candidates are shown in `orders` (the harness's NDCG@k for
+    k <= top_n: a target outside the candidates scores 0 in the top k either way)."""
+    return np.array([fusion.ndcg_in_list(o, t, k) for o, t in zip(orders, cands.target_slots())])
+
+
+def paired_bootstrap(base: np.ndarray, new: np.ndarray, samples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Relative gain mean(new) / mean(base) - 1 over users, with a 95% percentile interval from `samples`
+    resamplings of the users (the same users for both: paired)."""
+    base, new = np.asarray(base, dtype=np.float64), np.asarray(new, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(base), size=(samples, len(base)))  # (S, U)
+    b, n = base[idx].mean(1), new[idx].mean(1)
+    rel = np.where(b > 0, n / np.where(b > 0, b, 1.0) - 1.0, 0.0)
+    lo, hi = np.percentile(rel, [2.5, 97.5])
+    return {"relative_gain": float(new.mean() / base.mean() - 1.0) if base.mean() > 0 else 0.0,
+            "ci95_low": float(lo), "ci95_high": float(hi), "users": int(len(base)), "samples": samples,
+            "users_better": int((new > base).sum()), "users_worse": int((new < base).sum())}
 
 
 def summary_table(report: Mapping, keys=("recall@10", "ndcg@10")) -> str:

@@ -14,15 +14,21 @@ Three sources, chosen by `rerank.model_path`:
   template, like SmolLM2). Seeded, no files, no network: for unit tests and quick experiments.
 
 `rerank.device` ("cpu", "cuda", "cuda:1", "auto" = cuda when available) and `rerank.dtype` ("bfloat16",
-"float16", "float32", "auto" = bfloat16 on CPUs with AVX512-BF16/AMX and on GPUs, else float32) pick where and
-how the weights live. The model is returned in eval mode.
+"float16", "float32", "int8", "auto" = bfloat16 on CPUs with AVX512-BF16/AMX and on GPUs, else float32) pick
+where and how the weights live. `int8` (CPU only, inference only) loads float32 weights, merges a LoRA adapter if
+one is given (`adapter`), then stores the decoder's linear layers in int8 with one scale per output channel and
+quantizes their inputs per call (torch's dynamic quantization, the x86/fbgemm kernels: VNNI where the CPU has
+it); embeddings, norms and the output head stay float32, so the label and answer logits are read at full
+precision. The model is returned in eval mode.
 
 Public API (stable; the finetune/explain helpers import it):
     load_lm(cfg) -> (model, tokenizer)
     smollm2_gguf() -> (directory, file name)
     convert_gguf(directory, file_name, cache_dir) -> Path of the cached HF directory
     build_byte_tokenizer() -> PreTrainedTokenizerFast
-    resolve_device(name) -> torch.device; resolve_dtype(name, device) -> torch.dtype
+    resolve_device(name) -> torch.device; resolve_dtype(name, device) -> torch.dtype (int8: its float32 base)
+    merge_adapter(model, adapter_dir) -> the model with a LoRA adapter merged in
+    quantize_int8(model) -> the model with its decoder's linear layers in int8
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -43,6 +50,7 @@ log = logging.getLogger(__name__)
 SMOLLM2 = "smollm2"
 RANDOM_INIT = "random_init"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INT8 = "int8"
 CACHE_ENV = "TOWERREC_CACHE"
 
 # ChatML, the format SmolLM2-Instruct was tuned on; the tiny test tokenizer uses it too
@@ -80,15 +88,24 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def is_int8(name: str | None) -> bool:
+    return (name or "").strip() in (INT8, "qint8")
+
+
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The floating dtype the weights load in (for int8, the float32 they are quantized from)."""
     name = (name or "auto").strip()
+    if is_int8(name):
+        if device.type != "cpu":
+            raise ValueError(f"rerank.dtype={name!r} is a CPU kernel; on {device} use bfloat16 or float16")
+        return torch.float32
     if name == "auto":
         fast_bf16 = device.type == "cuda" or cpu_has_bf16()
         return torch.bfloat16 if fast_bf16 else torch.float32
     dtypes = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
               "float32": torch.float32, "fp32": torch.float32}
     if name not in dtypes:
-        raise ValueError(f"rerank.dtype must be one of {sorted(dtypes)} or 'auto', got {name!r}")
+        raise ValueError(f"rerank.dtype must be one of {sorted(dtypes) + [INT8]} or 'auto', got {name!r}")
     return dtypes[name]
 
 
@@ -184,6 +201,30 @@ def build_tiny_lm(sizes: Mapping | None = None) -> tuple[LlamaForCausalLM, PreTr
 # ----------------------------------------------------------------------------------------------- loading
 
 
+def merge_adapter(model, adapter_dir: str | os.PathLike):
+    """The model with the LoRA adapter in `adapter_dir` merged into its weights (no per-call overhead)."""
+    from peft import PeftModel
+
+    path = Path(adapter_dir)
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a peft adapter directory (no adapter_config.json)")
+    return PeftModel.from_pretrained(model, str(path)).merge_and_unload().eval()
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` (float32, CPU) with every nn.Linear of its decoder replaced, in place, by an int8 dynamically
+    quantized one (weights per output channel); the output head is left in float32. Inference only."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    decoder = model.get_decoder()
+    with warnings.catch_warnings():  # torch announces these APIs' move to torchao (pytorch#184982); they work in 2.13
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
+        quantize_dynamic(decoder, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    return model.eval()
+
+
 def model_source(cfg: Mapping) -> str:
     """The model's source as recorded in rerank.json: 'smollm2', 'random_init' or an absolute path."""
     path = str(cfg.get("model_path") or SMOLLM2)
@@ -194,8 +235,9 @@ def load_lm(cfg: Mapping) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """(model, tokenizer) from the `rerank` config, model in eval mode on `rerank.device` in `rerank.dtype`.
 
     Keys read: model_path ('smollm2' | 'random_init' | a local HF causal-LM directory), device, dtype,
-    cache_dir (GGUF conversion cache), random_init (tiny model sizes, with 'seed'). The tokenizer pads on
-    the left (batched scoring reads the last position) and always has a pad token.
+    cache_dir (GGUF conversion cache), random_init (tiny model sizes, with 'seed'), adapter (a LoRA directory
+    merged in, before any int8 quantization). The tokenizer pads on the left (batched scoring reads the last
+    position) and always has a pad token.
     """
     source = model_source(cfg)
     device = resolve_device(cfg.get("device"))
@@ -220,4 +262,8 @@ def load_lm(cfg: Mapping) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
         log.warning("%s: the tokenizer has no chat template; using ChatML", source)
         tokenizer.chat_template = CHATML_TEMPLATE
     model = model.to(device=device, dtype=dtype).eval()
+    if cfg.get("adapter"):
+        model = merge_adapter(model, cfg["adapter"])
+    if is_int8(cfg.get("dtype")):
+        model = quantize_int8(model)
     return model, tokenizer

@@ -34,6 +34,7 @@ import numpy as np
 from towerrec.rerank import fusion
 from towerrec.rerank import prompts as P
 from towerrec.rerank.apply import RERANK_FILE
+from towerrec.rerank.head import CandidateHead, HeadScorer
 from towerrec.rerank.lm import load_lm, model_source
 from towerrec.rerank.scoring import SCORERS, make_scorer
 from towerrec.utils.io import to_plain
@@ -41,6 +42,7 @@ from towerrec.utils.io import to_plain
 log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
+HEAD_FILE = "head.pt"  # scorer=head: the trained CandidateHead (towerrec.rerank.head)
 FORMAT_VERSION = 1
 
 
@@ -54,6 +56,7 @@ class RerankSettings:
     cache_dir: str | None = None
     random_init: dict | None = None
     adapter: str | None = None
+    head: str | None = None  # scorer=head: a trained head file (towerrec.rerank.head)
     scorer: str = "listwise"
     top_n: int = 20
     permutations: int = 1
@@ -85,17 +88,7 @@ class RerankSettings:
 
     def lm_config(self) -> dict:
         return {"model_path": self.model_path, "device": self.device, "dtype": self.dtype,
-                "cache_dir": self.cache_dir, "random_init": self.random_init}
-
-
-def _merge_adapter(model, adapter_dir: str | Path):
-    """The base model with the LoRA adapter in `adapter_dir` merged into its weights (no per-call overhead)."""
-    from peft import PeftModel
-
-    path = Path(adapter_dir)
-    if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a peft adapter directory (no adapter_config.json)")
-    return PeftModel.from_pretrained(model, str(path)).merge_and_unload().eval()
+                "cache_dir": self.cache_dir, "random_init": self.random_init, "adapter": self.adapter}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,17 +112,21 @@ class Reranker:
         self.model, self.tokenizer = model, tokenizer
         self.settings = settings or RerankSettings()
         s = self.settings
-        self.scorer = make_scorer(s.scorer, model, tokenizer, s.prompt, permutations=s.permutations, seed=s.seed,
-                                  batch_size=s.batch_size, user_batch_size=s.user_batch_size)
+        if s.scorer == "head":
+            if not s.head:
+                raise ValueError("rerank.scorer=head needs rerank.head, a trained head file (a rerank directory's "
+                                 "head.pt is found on its own)")
+            self.scorer = HeadScorer(model, tokenizer, s.prompt, CandidateHead.load(s.head), batch_size=s.batch_size)
+        else:
+            self.scorer = make_scorer(s.scorer, model, tokenizer, s.prompt, permutations=s.permutations, seed=s.seed,
+                                      batch_size=s.batch_size, user_batch_size=s.user_batch_size)
         P.label_token_ids(tokenizer, P.candidate_labels(s.top_n))  # fail at load time, not on the first request
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> "Reranker":
         """From the `rerank` config group (DictConfig or dict); `adapter`: a LoRA directory to merge."""
         settings = RerankSettings.from_config({**to_plain(cfg), **overrides})
-        model, tokenizer = load_lm(settings.lm_config())
-        if settings.adapter:
-            model = _merge_adapter(model, settings.adapter)
+        model, tokenizer = load_lm(settings.lm_config())  # the adapter merged in
         return cls(model, tokenizer, settings)
 
     @classmethod
@@ -148,6 +145,8 @@ class Reranker:
         cfg = dict(stored["config"])
         if (path / ADAPTER_DIR).is_dir():
             cfg["adapter"] = str(path / ADAPTER_DIR)
+        if (path / HEAD_FILE).is_file():
+            cfg["head"] = str(path / HEAD_FILE)
         return cls.from_config(cfg, **overrides)
 
     # ---- scoring -----------------------------------------------------------------------------------------
@@ -207,6 +206,7 @@ def settings_record(settings: RerankSettings) -> dict:
     d["prompt"] = dataclasses.asdict(settings.prompt)
     d["fusion"] = {"normalize": d.pop("normalize"), "weight": d.pop("weight")}
     d.pop("adapter")
+    d.pop("head")
     return d
 
 

@@ -42,7 +42,7 @@ from transformers import DynamicCache
 
 from towerrec.rerank import prompts as P
 
-SCORERS = ("listwise", "pointwise")
+SCORERS = ("listwise", "pointwise", "head")
 
 
 def _model_device(model) -> torch.device:
@@ -93,11 +93,11 @@ def _forward_last(model, ids: torch.Tensor, mask: torch.Tensor, past: list[tuple
         positions = _positions(mask, past_mask.sum(1))  # (B, L) continuing after each row's real prefix tokens
         cache = DynamicCache(past)
     out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=positions.to(device),
-                past_key_values=cache, use_cache=keep_cache, logits_to_keep=1)
+                cache=cache, use_cache=keep_cache, logits_to_keep=1)
     logits = out.logits[:, -1, :].float()  # (B, V)
     if not keep_cache:
         return logits, None
-    return logits, [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    return logits, [(layer.keys, layer.values) for layer in out.cache.layers]
 
 
 class _StaticPrefix:
@@ -237,8 +237,8 @@ class PointwiseScorer:
 
 
 def make_scorer(method: str, model, tokenizer, prompt_cfg: P.PromptConfig, *, permutations: int = 1, seed: int = 0,
-                batch_size: int = 8, user_batch_size: int = 4) -> ListwiseScorer | PointwiseScorer:
-    """The scorer named by `rerank.scorer` ('listwise' | 'pointwise')."""
+                batch_size: int = 8, user_batch_size: int = 4):
+    """The scorer named by `rerank.scorer` ('listwise' | 'pointwise'; 'head' is built by the Reranker)."""
     if method == "listwise":
         return ListwiseScorer(model, tokenizer, prompt_cfg, permutations=permutations, seed=seed, batch_size=batch_size)
     if method == "pointwise":
@@ -265,7 +265,7 @@ def continuation_logprobs(model, tokenizer, prefix: str, continuations: Sequence
     past = DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])  # (N, H, P, Dh)
     out = model(input_ids=c_ids.to(device), attention_mask=torch.cat([torch.ones((n, len(pre)), dtype=torch.long),
                                                                       c_mask], 1).to(device),
-                position_ids=(len(pre) + torch.arange(length)).expand(n, -1).to(device), past_key_values=past,
+                position_ids=(len(pre) + torch.arange(length)).expand(n, -1).to(device), cache=past,
                 use_cache=False)
     logits = torch.cat([first.expand(n, -1)[:, None, :], out.logits[:, :-1, :].float()], 1)  # (N, L, V): before each
     logp = torch.log_softmax(logits, dim=-1).gather(-1, c_ids.to(device)[:, :, None])[:, :, 0]  # (N, L)

@@ -16,7 +16,7 @@ from towerrec import evaluation
 from towerrec.data.load import load_split
 from towerrec.rerank.evaluate import evaluate_rerank, summary_table
 from towerrec.rerank.finetune import FinetuneConfig, add_lora, build_examples, encode_examples, finetune
-from towerrec.rerank.lm import load_lm
+from towerrec.rerank.lm import is_int8, load_lm
 from towerrec.rerank.reranker import ADAPTER_DIR, Reranker, RerankSettings, save_rerank_dir
 from towerrec.retrieval import Retriever
 from towerrec.utils.hydra import instantiate_loggers
@@ -50,6 +50,9 @@ def run_rerank(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     settings = RerankSettings.from_config(cfg.rerank)
     if settings.scorer != "listwise":
         raise ValueError(f"rerank fine-tuning trains the listwise scorer; rerank.scorer={settings.scorer!r}")
+    if enabled and is_int8(settings.dtype):
+        raise ValueError("rerank.dtype=int8 is for inference; fine-tune in rerank.dtype=float32 or bfloat16 "
+                         "(the trained reranker can be served in int8)")
     run_dir = Path(cfg.paths.output_dir)
     metrics: dict[str, float] = {}
     objects: dict = {}
@@ -61,7 +64,7 @@ def run_rerank(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         num_candidates = ft.num_candidates or settings.top_n
         split = load_split(to_plain(cfg.data))
         retriever = Retriever(art_path)
-        model, tokenizer = load_lm(settings.lm_config())
+        model, tokenizer = load_lm({**settings.lm_config(), "adapter": None})  # LoRA is trained from the base
         examples = build_examples(split, retriever, ft, num_candidates, seed=ft.seed)
         encoded = encode_examples(examples, tokenizer, settings.prompt)
         lengths = [len(e.input_ids) for e in encoded]
