@@ -113,7 +113,7 @@ def train_head(args, rerank_cfg, split, retriever) -> tuple:
     head, log = fit(features, targets, HeadTraining(components=args.head_components))
     say(f"head trained: {log}")
     folder = args.rerank_dir or (args.out or REPO / "bench" / "results" / "rerank_quality.json").parent
-    path = head.save(Path(folder) / HEAD_FILE) if args.rerank_dir else head.save(Path(folder) / "rerank_head.pt")
+    path = head.save(Path(folder) / (HEAD_FILE if args.rerank_dir else "rerank_head.pt"))
     settings = dataclasses.replace(base.settings, scorer="head", head=str(path))
     return Reranker(base.model, base.tokenizer, settings), {"head_training": log, "head_file": str(path),
                                                             "head_users": int(len(users))}
@@ -173,11 +173,12 @@ def latency(args, cfg, split, retriever) -> dict:
     # interleaved request by request, so a noisy moment hits every variant alike
     variants = []
     for scorer in [s.strip() for s in args.scorers.split(",") if s.strip()]:
-        variants.append((scorer, scorer, []))
+        variants.append((scorer, scorer, [], None))
         for overrides in args.compare:
-            variants.append((f"{scorer} {overrides}", scorer, overrides.split()))
-    rerankers = {}
-    for name, scorer, overrides in variants:
+            variants.append((f"{scorer} {overrides}", scorer, overrides.split(), scorer))
+    rerankers, base_of = {}, {}
+    for name, scorer, overrides, base in variants:
+        base_of[name] = base
         rcfg = compose_config(args.data, overrides=[*BASE_OVERRIDES, *args.set, *overrides]).rerank
         reranker = Reranker.from_config(rcfg, scorer=scorer)
         for history, cands in requests[: args.warmup]:
@@ -198,7 +199,7 @@ def latency(args, cfg, split, retriever) -> dict:
                 prompt = reranker.scorer.prompts(reranker.render(history), reranker.render(cands))[0][1]
                 tokens.append(len(reranker.tokenizer.encode(prompt.text, add_special_tokens=False)))
         q = statistics.quantiles(ts, n=20) if len(ts) > 1 else ts * 19
-        base = results[name.split()[0]]["p50_ms"] if " " in name else None
+        base = results[base_of[name]]["p50_ms"] if base_of[name] else None
         results[name] = {"requests": len(ts), "p50_ms": statistics.median(ts), "p95_ms": q[18],
                          "mean_ms": statistics.fmean(ts), "max_ms": max(ts),
                          "mean_prompt_tokens": statistics.fmean(tokens) if tokens else None,

@@ -523,6 +523,12 @@ def test_evaluate_rerank_matches_the_harness(tiny_split, tiny_retriever):
     w = report["fusion"]["weight"]
     assert w in (0.0, 0.5, 1.0) and m["fused"]["val/ndcg@10"] >= m["retrieval"]["val/ndcg@10"] - 1e-12
     assert report["fusion"]["grid"][str(w)] == pytest.approx(m["fused"]["val/ndcg@10"])
+    # the bootstrap's gain is the harness's test NDCG@10 gain (per-user NDCG@10 in the reranked top 10)
+    for method in ("lm", "fused"):
+        b = report["bootstrap"][method]
+        gain = m[method]["test/ndcg@10"] / m["retrieval"]["test/ndcg@10"] - 1
+        assert b["relative_gain"] == pytest.approx(gain) and b["ci95_low"] <= b["relative_gain"] <= b["ci95_high"]
+        assert b["users"] == 60
     users = sample_users(100, 10, seed=3)
     assert len(users) == 10 and list(users) == sorted(set(users)) and list(users) == list(sample_users(100, 10, 3))
 

@@ -202,15 +202,14 @@ def evaluate_rerank(rerank_cfg, retriever: Retriever, split: Split, eval_cfg: Ma
                  len(stages["valid"].users), weight, metric, grid[0.0], grid[weight])
         report["fusion"][f"{name}weight"] = weight
         report["fusion"][f"{name}grid"] = {str(w): v for w, v in grid.items()}
-        test = stages["test"]
-        base = per_user_ndcg(test, _method_orders(test, None, None, ""), k)
+        base = per_user_ndcg(stages["test"], _method_orders(stages["test"], None, None, ""), k)
         for method, w in ((f"{name}lm", None), (f"{name}fused", weight)):
             metrics[method] = {}
             for stage, cands in stages.items():
                 orders = _method_orders(cands, lm[stage], w, settings.normalize)
                 metrics[method].update(prefixed(stage, harness_metrics(cands, orders, split, catalog, eval_cfg)))
-            report.setdefault("bootstrap", {})[method] = paired_bootstrap(
-                base, per_user_ndcg(test, _method_orders(test, lm["test"], w, settings.normalize), k))
+                if stage == "test":
+                    report.setdefault("bootstrap", {})[method] = paired_bootstrap(base, per_user_ndcg(cands, orders, k))
         del model
     return report
 

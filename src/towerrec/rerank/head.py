@@ -3,10 +3,11 @@
 The listwise prompt (`prompts.listwise_prompt`, candidates in retrieval order, labelled A, B, ...) runs once
 per user through the frozen LM. Each candidate's features are the last layer's hidden state at the last token
 of its line (the LM has read the shopper's history, the candidates before it and its own text there), the
-listwise label log-probability of its letter (the `listwise` score, read from the same pass) and its retrieval
-rank as a fraction of the list. `CandidateHead`, a standardised linear layer, turns them into one score; it
-is trained on CPU in seconds with a listwise softmax loss over lists whose target is among the candidates
-(`train_head`), the LM's passes computed once. The head file (`head.pt`) sits in the rerank directory.
+label log-probability of its letter at the answer position (the listwise scorer's score, here for the
+retrieval order, from the same pass) and its retrieval rank as a fraction of the list. `CandidateHead`, a
+linear layer over the standardised extras and the hidden states' top principal directions, turns them into
+one score; it is trained on CPU in seconds with a listwise softmax loss over lists whose target is among the
+candidates (`train_head`), the LM's passes computed once. The head file (`head.pt`) sits in the rerank directory.
 
     feats = HeadFeatures(model, tokenizer, prompt_cfg).features(histories, candidates)   # list of (C_u, F)
     head = train_head(feats, target_slots)                                            # CandidateHead
